@@ -1,0 +1,25 @@
+"""Strict typed experiment configs: YAML with ``_base_`` inheritance and dotted overrides."""
+
+from attnkit.config.loader import (
+    CONFIG_FILENAME,
+    ConfigError,
+    config_diff,
+    config_to_dict,
+    flatten,
+    load_config,
+    parse_override,
+    save_config,
+)
+from attnkit.config.schema import ExperimentConfig
+
+__all__ = [
+    "CONFIG_FILENAME",
+    "ConfigError",
+    "ExperimentConfig",
+    "config_diff",
+    "config_to_dict",
+    "flatten",
+    "load_config",
+    "parse_override",
+    "save_config",
+]

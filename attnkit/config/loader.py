@@ -1,0 +1,316 @@
+"""Read, check, save and compare experiment configs.
+
+A config file is YAML. It may inherit from other files with ``_base_: relative/path.yaml`` (or a
+list of paths, merged in order); the file's own keys win, nested mappings merge, lists are
+replaced. Dotted overrides (``model.attention.cross=sparsemax``) come last. The merged tree is
+then checked against the dataclass schema of ``attnkit.config.schema``: an unknown key or a
+value of the wrong type raises :class:`ConfigError` naming the key, the file (or override) that
+set it, and the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from attnkit.config.schema import TAGGED_SECTIONS, ExperimentConfig
+
+BASE_KEY = "_base_"
+CONFIG_FILENAME = "config.yaml"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used as written; the message names the key and its source."""
+
+
+# --------------------------------------------------------------------------- reading + merging
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _merge(dst: dict, src: Mapping, origin: dict[str, str], source: str, prefix: str = "") -> None:
+    """Deep-merge ``src`` into ``dst``, recording in ``origin`` which source set each key."""
+    for key, value in src.items():
+        dotted = f"{prefix}{key}"
+        origin[dotted] = source
+        if isinstance(value, Mapping) and isinstance(dst.get(key), dict):
+            _merge(dst[key], value, origin, source, dotted + ".")
+        elif isinstance(value, Mapping):
+            dst[key] = {}
+            _merge(dst[key], value, origin, source, dotted + ".")
+        else:
+            dst[key] = value
+
+
+def _load_tree(path: Path, origin: dict[str, str], chain: tuple[Path, ...] = ()) -> dict:
+    """The merged raw tree of ``path`` and its bases (recursively), bases first."""
+    path = path.resolve()
+    if path in chain:
+        loop = " -> ".join(str(p) for p in (*chain, path))
+        raise ConfigError(f"config inheritance loop: {loop}")
+    raw = _read_yaml(path)
+    bases = raw.pop(BASE_KEY, [])
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: '{BASE_KEY}' must be a path or a list of paths")
+    tree: dict = {}
+    for base in bases:
+        base_tree = _load_tree(path.parent / base, origin, (*chain, path))
+        _merge(tree, base_tree, {}, "")  # origins were recorded while loading the base
+    _merge(tree, raw, origin, str(path))
+    return tree
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``"a.b=value"`` into the dotted key and the YAML-parsed value."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} is not of the form key=value (e.g. train.lr=1e-4)")
+    return key, yaml.safe_load(value) if value.strip() else None
+
+
+def _overrides_as_pairs(overrides: Mapping[str, Any] | Iterable[str] | None) -> list:
+    if overrides is None:
+        return []
+    if isinstance(overrides, Mapping):
+        return [(str(k), v, f"override '{k}={v}'") for k, v in overrides.items()]
+    pairs = []
+    for text in overrides:
+        key, value = parse_override(text)
+        pairs.append((key, value, f"override '{text}'"))
+    return pairs
+
+
+def _set_dotted(tree: dict, key: str, value: Any, origin: dict[str, str], source: str) -> None:
+    node = tree
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            sub = ".".join(parts[: i + 1])
+            raise ConfigError(f"{source}: '{sub}' is a value, not a section; cannot set '{key}'")
+        node = child
+    if isinstance(value, Mapping):
+        node[parts[-1]] = {}
+        _merge(node[parts[-1]], value, origin, source, key + ".")
+    else:
+        node[parts[-1]] = value
+    origin[key] = source
+
+
+# --------------------------------------------------------------------------- type checking
+
+
+def _closest_hint(key: str, valid: Iterable[str], prefix: str) -> str:
+    valid = sorted(valid)
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    if close:
+        return f"did you mean '{prefix}{close[0]}'?"
+    return "valid keys here: " + ", ".join(valid)
+
+
+def _source(key: str, origin: dict[str, str]) -> str:
+    """The file or override that set ``key`` (or its list items, children or parents)."""
+    if key in origin:
+        return origin[key]
+    base = key.split("[", 1)[0]
+    for candidate, source in origin.items():
+        if candidate == base or candidate.startswith(base + "."):
+            return source
+    while "." in base:
+        base = base.rsplit(".", 1)[0]
+        if base in origin:
+            return origin[base]
+    return "defaults"
+
+
+def _describe(hint: Any) -> str:
+    if dataclasses.is_dataclass(hint):
+        return "a section (a mapping of keys)"
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(hint))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(hint)[0])}"
+    if hint is type(None):
+        return "null"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _convert(value: Any, hint: Any, key: str, origin: dict[str, str]) -> Any:
+    """Check ``value`` against the type ``hint`` and return it converted (or raise)."""
+
+    def fail(extra: str = "") -> ConfigError:
+        msg = f"{_source(key, origin)}: '{key}' must be {_describe(hint)}, got {value!r}"
+        return ConfigError(msg + (f"; {extra}" if extra else ""))
+
+    kind = typing.get_origin(hint)
+    if kind is typing.Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            raise fail(f"did you mean {close[0]!r}?" if close else "")
+        return value
+    if kind in (typing.Union, types.UnionType):
+        alternatives = typing.get_args(hint)
+        if value is None and type(None) in alternatives:
+            return None
+        for alt in alternatives:
+            if alt is type(None):
+                continue
+            try:
+                return _convert(value, alt, key, origin)
+            except ConfigError:
+                continue
+        raise fail()
+    if kind is list:
+        if not isinstance(value, list):
+            raise fail()
+        (item,) = typing.get_args(hint)
+        return [_convert(v, item, f"{key}[{i}]", origin) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, Mapping):
+            raise fail()
+        return _build(hint, value, origin, key + ".")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise fail()
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise fail()
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise fail()
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise fail()
+    if hint is Any:
+        return value
+    raise TypeError(f"unsupported schema type {hint!r} for '{key}'")  # a bug in the schema
+
+
+def _build(cls: type, data: Mapping, origin: dict[str, str], prefix: str = "") -> Any:
+    """Instantiate the dataclass ``cls`` from a raw mapping, checking every key and type."""
+    tags = TAGGED_SECTIONS.get(prefix.rstrip("."), None)
+    if tags is not None:
+        name = data.get("name", cls.__dataclass_fields__["name"].default)
+        if name not in tags:
+            hint = typing.Literal[tuple(tags)]
+            raise ConfigError(
+                f"{_source(prefix + 'name', origin)}: '{prefix}name' must be "
+                f"{_describe(hint)}, got {name!r}"
+            )
+        cls = tags[name]
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(
+                f"{_source(dotted, origin)}: unknown key '{dotted}'; {_closest_hint(key, fields, prefix)}"
+            )
+        kwargs[key] = _convert(value, hints[key], dotted, origin)
+    return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | Iterable[str] | None = None,
+    schema: type = ExperimentConfig,
+) -> Any:
+    """Read a config file (or a run folder holding ``config.yaml``) into a typed dataclass.
+
+    ``overrides`` are dotted ``key=value`` strings (as on the command line) or a mapping of dotted
+    keys to values (as from notebook parameters). ``path=None`` gives the schema's defaults.
+    """
+    origin: dict[str, str] = {}
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if path.is_dir():
+            path = path / CONFIG_FILENAME
+        tree = _load_tree(path, origin)
+    for key, value, source in _overrides_as_pairs(overrides):
+        _set_dotted(tree, key, value, origin, source)
+    return _build(schema, tree, origin)
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """A plain nested dict of a config dataclass (YAML- and JSON-serialisable)."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Any, out: str | Path) -> Path:
+    """Write the resolved config as YAML; ``out`` is a file or a run folder."""
+    out = Path(out)
+    if out.suffix not in (".yaml", ".yml"):
+        out.mkdir(parents=True, exist_ok=True)
+        out = out / CONFIG_FILENAME
+    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
+    out.write_text(text)
+    return out
+
+
+def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_diff(a: Any, b: Any) -> list[tuple[str, Any, Any]]:
+    """The keys whose resolved values differ: ``[(dotted_key, value_in_a, value_in_b)]``.
+
+    ``a`` and ``b`` are config dataclasses, or paths to config files or run folders.
+    """
+    cfg_a = a if dataclasses.is_dataclass(a) else load_config(a)
+    cfg_b = b if dataclasses.is_dataclass(b) else load_config(b)
+    flat_a = flatten(config_to_dict(cfg_a))
+    flat_b = flatten(config_to_dict(cfg_b))
+    missing = object()
+    rows = []
+    for key in sorted(set(flat_a) | set(flat_b)):
+        va, vb = flat_a.get(key, missing), flat_b.get(key, missing)
+        if va != vb:
+            rows.append((key, None if va is missing else va, None if vb is missing else vb))
+    return rows

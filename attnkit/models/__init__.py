@@ -1,0 +1,1 @@
+"""Models built from attnkit attention: DETR, dense-prediction encoders/decoders, MaxViT, ..."""

@@ -1,0 +1,1 @@
+"""Figures: the thesis style, dataset views, attention overlays."""
