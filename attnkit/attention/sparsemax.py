@@ -1,0 +1,102 @@
+"""Sparsemax (Martins & Astudillo 2016): the Euclidean projection of the scores onto the simplex.
+
+``sparsemax(z) = (z - tau)_+`` with ``tau`` such that the weights sum to one. The threshold is
+found by exact support iteration (Michelot 1986) instead of a full sort: starting from a set
+that contains the support, ``tau = (sum_S z - 1) / |S|`` and ``S = {z > tau}`` are repeated
+until ``S`` stops shrinking. Each pass is one Newton step on ``f(tau) = sum (z - tau)_+ - 1``
+from the left, so ``tau`` rises monotonically to the exact threshold, usually in a handful of
+vectorised passes. The backward pass is closed form (no graph through the iterations).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from attnkit.attention._threshold import initial_threshold, shift_by_max, solve_rows
+
+__all__ = ["Sparsemax", "sparsemax", "sparsemax_threshold"]
+
+# A row whose weights sum to one within this is done without a confirming pass: its threshold
+# is within tol / |S| of the exact one (the usual case when the initial threshold was exact).
+_SUM_TOL = 1e-6
+_SUM_TOL_FLOAT64 = 1e-13
+
+
+def sparsemax_threshold(shifted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sparsemax of max-shifted scores (row maximum 0, or all ``-inf`` for an empty row).
+
+    Returns ``(weights [..., K], support_size [..., 1])`` in the dtype of ``shifted``.
+    """
+    num_keys = shifted.shape[-1]
+    flat = shifted.reshape(-1, num_keys)  # [N, K]
+    tau = initial_threshold(flat, 1.0)  # [N, 1], a lower bound (any start would do)
+    state = {"tau": tau, "size": torch.full_like(tau, -1.0)}
+    tol = _SUM_TOL_FLOAT64 if shifted.dtype == torch.float64 else _SUM_TOL
+
+    def step(z, st):
+        return _michelot_step(z, st, tol)
+
+    weights, size = solve_rows(flat, state, step, num_keys + 2, step_cost=5.0, finish_cost=0.0)
+    return weights.view(shifted.shape), size.view(*shifted.shape[:-1], 1)
+
+
+def _michelot_step(scores: torch.Tensor, state: dict[str, torch.Tensor], tol: float):
+    """One support-iteration pass; a row is done when its support did not change (then tau
+    is the exact fixed point) or when its weights already sum to one (tau was exact)."""
+    tau, size_prev = state["tau"], state["size"]  # [n, 1] each
+    weights = torch.sub(scores, tau).clamp_min_(0)  # [n, K], (z - tau)_+
+    size = torch.sign(weights).sum(dim=-1, keepdim=True)  # [n, 1], |{z > tau}|
+    excess = weights.sum(dim=-1, keepdim=True) - 1  # [n, 1]
+    done = ((size == size_prev) | (excess.abs() <= tol)).squeeze(-1)  # [n]
+    tau = tau + excess / size.clamp_min(1)
+
+    def finish(rows):
+        if rows is None:
+            return weights, size
+        return weights.index_select(0, rows), size.index_select(0, rows)
+
+    return done, {"tau": tau, "size": size}, finish
+
+
+class _SparsemaxFunction(torch.autograd.Function):
+    """Sparsemax over the last dim with the closed-form backward ``g - mean_S(g)`` on ``S``."""
+
+    @staticmethod
+    def forward(ctx, scores: torch.Tensor) -> torch.Tensor:
+        shifted = shift_by_max(scores)  # [..., K]
+        weights, size = sparsemax_threshold(shifted)
+        out = weights.to(scores.dtype)
+        ctx.save_for_backward(out, size)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        out, size = ctx.saved_tensors
+        on_support = torch.sign(out).to(size.dtype)  # [..., K], 1 on the support, else 0
+        grad_in = grad.to(size.dtype) * on_support
+        mean = grad_in.sum(dim=-1, keepdim=True) / size.clamp_min(1)  # [..., 1]
+        grad_in.addcmul_(on_support, mean, value=-1.0)
+        return grad_in.to(grad.dtype)
+
+
+def sparsemax(scores: torch.Tensor) -> torch.Tensor:
+    """Sparsemax over the last dim of ``scores [..., K]``.
+
+    ``-inf`` entries get exactly zero weight; a row of only ``-inf`` gives zeros (and zero
+    gradient). Half-precision input is computed in float32 and returned in its own dtype.
+    """
+    if scores.numel() == 0:
+        return scores.clone()
+    return _SparsemaxFunction.apply(scores)
+
+
+class Sparsemax(nn.Module):
+    """Sparsemax normalizer module (see :func:`sparsemax`); ``key_grid`` is ignored."""
+
+    name = "sparsemax"
+
+    def forward(
+        self, scores: torch.Tensor, key_grid: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        return sparsemax(scores)
