@@ -314,3 +314,18 @@ def config_diff(a: Any, b: Any) -> list[tuple[str, Any, Any]]:
         if va != vb:
             rows.append((key, None if va is missing else va, None if vb is missing else vb))
     return rows
+
+
+def config_from_dict(
+    tree: Mapping,
+    overrides: Mapping[str, Any] | Iterable[str] | None = None,
+    schema: type = ExperimentConfig,
+    source: str = "checkpoint config",
+) -> Any:
+    """A typed config from a plain nested dict (as stored in checkpoints), plus overrides."""
+    origin: dict[str, str] = {}
+    merged: dict = {}
+    _merge(merged, tree, origin, source)
+    for key, value, src in _overrides_as_pairs(overrides):
+        _set_dotted(merged, key, value, origin, src)
+    return _build(schema, merged, origin)

@@ -68,6 +68,9 @@ class DETRConfig:
     backbone: str = "resnet50"
     dilation: bool = False
     pretrained_backbone: str | None = None
+    # Zero the padded area before every backbone convolution, so an image's features do not
+    # depend on the larger images of its batch. Off = official DETR (border features see padding).
+    backbone_mask_padding: bool = False
     hidden_dim: int = 256
     num_heads: int = 8
     enc_layers: int = 6
