@@ -2,6 +2,13 @@
 
 Examples::
 
+    attnkit train --config configs/detr/shapes_tiny_sparsemax.yaml --out runs/sparsemax
+    attnkit train --config configs/detr/shapes_tiny_sparsemax.yaml --out runs/sparsemax --resume
+    torchrun --nproc_per_node=4 -m attnkit.cli train --config configs/detr/coco_r50_softmax.yaml \
+        --out runs/r50 data.root=/data/coco
+    attnkit eval --checkpoint runs/sparsemax/last.pt --out runs/sparsemax/eval
+    attnkit analyze --checkpoint runs/sparsemax/last.pt --out runs/sparsemax/analysis
+    attnkit analyze --config configs/detr/shapes_tiny_sparsemax.yaml --random-init --out runs/rand
     attnkit data synth --out data/shapes --num-images 200 --seed 0
     attnkit config show configs/detr/shapes_tiny_sparsemax.yaml train.lr=2e-4
     attnkit config diff configs/detr/base.yaml runs/my_run
@@ -14,12 +21,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 from pathlib import Path
 
 import yaml
 
-BENCHMARKS = {"normalizers": "attnkit.bench.normalizers"}
+BENCHMARKS = {
+    "normalizers": "attnkit.bench.normalizers",
+    "train_step": "attnkit.bench.train_step",
+    "analysis": "attnkit.bench.analysis",
+}
 
 
 def _parse_params(items: list[str]) -> dict:
@@ -66,6 +78,60 @@ def cmd_config_diff(args) -> int:
     print(f"{'key':<{width}}  {args.a}  ->  {args.b}")
     for key, va, vb in rows:
         print(f"{key:<{width}}  {va!r}  ->  {vb!r}")
+    return 0
+
+
+# --------------------------------------------------------------------------- train / eval
+
+
+def cmd_train(args) -> int:
+    from attnkit.config import load_config
+    from attnkit.train.loop import train
+
+    cfg = load_config(args.config, args.overrides)
+    summary = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from attnkit.train.evaluate import evaluate_checkpoint
+
+    record = evaluate_checkpoint(
+        args.checkpoint,
+        args.out,
+        args.data_root,
+        args.overrides,
+        args.config,
+        args.split,
+        progress=not args.quiet,
+    )
+    metrics = {k: v for k, v in record.items() if k.startswith("AP")}
+    print(json.dumps(metrics, indent=1))
+    print(f"wrote {Path(args.out) / 'metrics.json'}")
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    from attnkit.analysis.run_analysis import run_analysis
+
+    summary = run_analysis(
+        args.out,
+        checkpoint=args.checkpoint,
+        config=args.config,
+        random_init=args.random_init,
+        overrides=args.overrides,
+        batch_size=args.batch_size,
+        max_images=args.max_images,
+        split=args.split,
+        layers=args.layers,
+        zero_threshold=args.zero_threshold,
+        progress=not args.quiet,
+    )
+    for metric in ("gini", "zeros_ratio", "entropy", "paibb"):
+        for layer, stats in summary.get(metric, {}).items():
+            print(f"{metric:<12} {layer:<45} {stats['mean']:.4f} +- {stats['std']:.4f}")
+    print(f"wrote {Path(args.out) / 'summary.json'} and {Path(args.out) / 'records.parquet'}")
     return 0
 
 
@@ -128,6 +194,65 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    tr = sub.add_parser(
+        "train",
+        help="train a model from a config (resumable; DDP under torchrun)",
+        description="Train a model. Writes OUT/config.yaml, OUT/last.pt (atomic), "
+        "OUT/metrics.jsonl, TensorBoard events in OUT/tb and OUT/train_summary.json.",
+    )
+    tr.add_argument("--config", required=True, help="experiment YAML (see configs/)")
+    tr.add_argument("--out", required=True, help="run folder")
+    tr.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    tr.add_argument("--quiet", action="store_true", help="no progress bars")
+    tr.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=2e-4")
+    tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser(
+        "eval",
+        help="COCO AP of a checkpoint (pycocotools)",
+        description="Evaluate a checkpoint on the val split: OUT/metrics.json (AP, AP50, AP75, "
+        "AP_S, AP_M, AP_L, ARs) and OUT/detections.json (COCO results format).",
+    )
+    ev.add_argument("--checkpoint", required=True, help="a last.pt written by `attnkit train`")
+    ev.add_argument("--out", required=True, help="output folder")
+    ev.add_argument("--data-root", help="a COCO-format folder (default: the checkpoint's data)")
+    ev.add_argument("--config", help="config YAML to use instead of the checkpoint's own")
+    ev.add_argument("--split", default="val", help="split to evaluate (default val)")
+    ev.add_argument("--quiet", action="store_true", help="no progress bars")
+    ev.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    ev.set_defaults(func=cmd_eval)
+
+    an = sub.add_parser(
+        "analyze",
+        help="attention metrics (Gini, zeros ratio, entropy, PAIBB) per layer and head",
+        description="One streamed eval pass over a split, scoring every query's attention per "
+        "layer and head: OUT/records.parquet (one row per image x layer x head x query) and "
+        "OUT/summary.json ({metric: {layer: {mean, std, per_head}}}, paibb_by_size).",
+    )
+    source = an.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a last.pt written by `attnkit train`")
+    source.add_argument("--random-init", action="store_true", help="untrained model of --config")
+    an.add_argument("--config", help="config YAML (needed with --random-init)")
+    an.add_argument("--out", required=True, help="output folder")
+    an.add_argument("--batch-size", type=int, help="default: the config's data.batch_size")
+    an.add_argument("--max-images", type=int, help="only the first N images of the split")
+    an.add_argument("--split", default="val")
+    an.add_argument(
+        "--layers",
+        nargs="+",
+        metavar="PATTERN",
+        help="attention modules to score (glob or substring; default: every decoder "
+        "cross-attention, '*decoder.layers.*.multihead_attn')",
+    )
+    an.add_argument(
+        "--zero-threshold",
+        type=float,
+        help="weights <= this count as zeros (default: exact zeros, 1e-6 for softmax layers)",
+    )
+    an.add_argument("--quiet", action="store_true", help="no progress bars")
+    an.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    an.set_defaults(func=cmd_analyze)
+
     data = sub.add_parser("data", help="make or inspect datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     synth = data_sub.add_parser("synth", help="write the synthetic shapes dataset (COCO format)")
@@ -185,9 +310,17 @@ def main(argv: list[str] | None = None) -> int:
     from attnkit.workbook import WorkbookError
 
     args = build_parser().parse_args(argv)
+    known = (ConfigError, DatasetError, WorkbookError, FileNotFoundError)
+    if args.command == "analyze" and args.random_init and not args.config:
+        print("attnkit: error: --random-init needs --config", file=sys.stderr)
+        return 2
+    if args.command in ("train", "eval"):
+        from attnkit.train.loop import TrainingError
+
+        known = (*known, TrainingError)
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, WorkbookError) as err:
+    except known as err:
         print(f"attnkit: error: {err}", file=sys.stderr)
         return 2
 

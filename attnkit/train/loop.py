@@ -1,0 +1,278 @@
+"""The training loop: config in, checkpoints + ``metrics.jsonl`` + TensorBoard out.
+
+``train(cfg, out_dir, resume=False)`` runs on one device or, under ``torchrun``, with
+DistributedDataParallel. It saves ``last.pt`` atomically every ``train.checkpoint_every_steps``
+steps, at every epoch end and when it stops, so ``resume=True`` continues from the last complete
+checkpoint and, on CPU, ends with the same weights bit for bit as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from attnkit.analysis.coco_eval import evaluate_detection
+from attnkit.config import config_diff, config_from_dict, config_to_dict, save_config
+from attnkit.data import build_dataset
+from attnkit.models import build_criterion, build_model
+from attnkit.models.build import build_postprocess
+from attnkit.models.detr import alpha_values
+from attnkit.train import distributed as dist_utils
+from attnkit.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from attnkit.train.logger import MetricsLogger
+from attnkit.train.optim import build_optimizer, build_scheduler
+from attnkit.train.sampling import make_loader
+from attnkit.train.step import AMP_DTYPES, NonFiniteLossError, seed_everything, train_step
+
+CHECKPOINT_NAME = "last.pt"
+# Keys a resumed run may change: how long to train and how often to save / evaluate / log.
+RESUMABLE_CHANGES = {
+    "train.epochs",
+    "train.max_steps",
+    "train.checkpoint_every_steps",
+    "train.eval_every_epochs",
+    "train.log_every_steps",
+    "data.num_workers",
+    "train.device",
+}
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or go on; the message says why and what is kept."""
+
+
+@dataclass
+class Progress:
+    epoch: int = 0
+    step: int = 0  # optimiser steps taken in the whole run
+    epoch_step: int = 0  # optimiser steps taken in the current epoch
+
+
+def _memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _check_resume_config(cfg, saved: dict, path: Path) -> None:
+    changed = [key for key, _, _ in config_diff(config_from_dict(saved), cfg)]
+    forbidden = [k for k in changed if k not in RESUMABLE_CHANGES]
+    if forbidden:
+        raise TrainingError(
+            f"cannot resume {path}: the config differs in {', '.join(forbidden)} "
+            f"(a resumed run may only change {', '.join(sorted(RESUMABLE_CHANGES))})"
+        )
+
+
+class Trainer:
+    """Holds the model, data and optimiser of one run; :meth:`fit` trains it."""
+
+    def __init__(self, cfg, out_dir: str | Path, resume: bool = False, progress: bool = True):
+        self.cfg, self.out_dir, self.progress = cfg, Path(out_dir), progress
+        self.device = dist_utils.pick_device(cfg.train.device)
+        self.distributed = dist_utils.init_from_env(self.device)
+        self.rank, self.world = dist_utils.rank(), dist_utils.world_size()
+        self.main = self.rank == 0
+        self.ckpt_path = self.out_dir / CHECKPOINT_NAME
+        if self.ckpt_path.exists() and not resume:
+            raise TrainingError(
+                f"{self.ckpt_path} exists: pass --resume to continue that run, or choose another --out"
+            )
+        if resume and not self.ckpt_path.exists():
+            raise TrainingError(f"--resume: no checkpoint at {self.ckpt_path}")
+        seed_everything(cfg.seed)  # same initial weights on every rank
+        self.model = build_model(cfg).to(self.device)
+        self.criterion = build_criterion(cfg).to(self.device)
+        self.postprocess = build_postprocess(cfg)
+        self.train_set = build_dataset(cfg.data, "train")
+        self.val_set = build_dataset(cfg.data, "val")
+        self.train_loader = make_loader(
+            self.train_set,
+            cfg.data.batch_size,
+            cfg.seed,
+            True,
+            cfg.data.num_workers,
+            self.rank,
+            self.world,
+        )
+        self.val_loader = make_loader(
+            self.val_set, cfg.data.batch_size, cfg.seed, False, cfg.data.num_workers
+        )
+        self.optimizer = build_optimizer(self.model, cfg.train)
+        self.scheduler = build_scheduler(self.optimizer, cfg.train)
+        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.train.amp == "fp16" else None
+        self.state = Progress()
+        self.logger = MetricsLogger(self.out_dir, enabled=self.main)
+        if resume:
+            self._restore()
+        else:
+            seed_everything(cfg.seed + self.rank)  # different dropout per rank
+            if self.main:
+                save_config(cfg, self.out_dir)
+        self.ddp_model = (
+            nn.parallel.DistributedDataParallel(self.model) if self.distributed else self.model
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _restore(self) -> None:
+        ckpt = load_checkpoint(self.ckpt_path, map_location=self.device)
+        _check_resume_config(self.cfg, ckpt["config"], self.ckpt_path)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.state = Progress(ckpt["epoch"], ckpt["step"], ckpt["epoch_step"])
+        set_rng_state(ckpt["rng"][self.rank] if isinstance(ckpt["rng"], list) else ckpt["rng"])
+        self.logger.truncate_after(self.state.step)
+        if self.main:
+            save_config(self.cfg, self.out_dir)
+
+    def save(self) -> None:
+        states = [rng_state()]
+        if self.distributed:
+            gathered = [None] * self.world
+            torch.distributed.all_gather_object(gathered, states[0])
+            states = gathered
+        if not self.main:
+            return
+        save_checkpoint(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "rng": states if self.distributed else states[0],
+                "epoch": self.state.epoch,
+                "step": self.state.step,
+                "epoch_step": self.state.epoch_step,
+                "config": config_to_dict(self.cfg),
+            },
+            self.ckpt_path,
+        )
+
+    # ------------------------------------------------------------------ loop
+
+    def _log_train(self, losses: dict, t_iter: float, t_data: float) -> None:
+        record = {"kind": "train", "step": self.state.step, "epoch": self.state.epoch}
+        record.update({k: float(v) for k, v in losses.items()})
+        for group in self.optimizer.param_groups:
+            record[f"lr/{group.get('name', 'default')}"] = group["lr"]
+        for name, alphas in alpha_values(self.model).items():
+            record[f"alpha/{name}"] = [round(float(a), 6) for a in alphas]
+        record.update(
+            {"time/iter": t_iter, "time/data": t_data, "memory_mb": _memory_mb(self.device)}
+        )
+        self.logger.log(record)
+
+    def evaluate(self) -> dict[str, float]:
+        amp_dtype = AMP_DTYPES[self.cfg.train.amp]
+        metrics, _ = evaluate_detection(
+            self.model,
+            self.postprocess,
+            self.val_loader,
+            self.val_set.coco,
+            self.device,
+            amp_dtype,
+            progress=self.progress,
+        )
+        self.logger.log(
+            {"kind": "eval", "step": self.state.step, "epoch": self.state.epoch, **metrics}
+        )
+        return metrics
+
+    def fit(self) -> dict:
+        cfg = self.cfg.train
+        accum = cfg.grad_accum_steps
+        steps_per_epoch = len(self.train_loader.sampler) // (self.cfg.data.batch_size * accum)
+        if steps_per_epoch == 0:
+            raise TrainingError(
+                f"the train split has {len(self.train_set)} images: too few for one step of "
+                f"batch {self.cfg.data.batch_size} x accumulation {accum} x {self.world} ranks"
+            )
+        total = cfg.epochs * steps_per_epoch
+        if cfg.max_steps is not None:
+            total = min(total, cfg.max_steps)
+        bar = tqdm(
+            total=total,
+            initial=self.state.step,
+            desc="train",
+            unit="step",
+            disable=not (self.progress and self.main),
+        )
+        metrics: dict = {}
+        stopped = self.state.step >= total
+        while not stopped and self.state.epoch < cfg.epochs:
+            sampler = self.train_loader.sampler
+            sampler.set_epoch(
+                self.state.epoch, self.state.epoch_step * self.cfg.data.batch_size * accum
+            )
+            batches = iter(self.train_loader)
+            t_last = time.perf_counter()
+            while self.state.epoch_step < steps_per_epoch:
+                micro = [next(batches) for _ in range(accum)]
+                t_data = time.perf_counter() - t_last
+                log_now = (self.state.step + 1) % cfg.log_every_steps == 0
+                try:
+                    losses = train_step(
+                        self.ddp_model,
+                        self.criterion,
+                        self.optimizer,
+                        micro,
+                        self.device,
+                        self.state.step + 1,
+                        cfg.clip_max_norm,
+                        cfg.amp,
+                        self.scaler,
+                        log_now,
+                    )
+                except NonFiniteLossError as err:
+                    kept = self.ckpt_path if self.ckpt_path.exists() else "none saved yet"
+                    raise TrainingError(f"{err}. Stopped; last good checkpoint: {kept}") from err
+                self.state.step += 1
+                self.state.epoch_step += 1
+                bar.update(1)
+                if log_now and self.main:
+                    t_iter = time.perf_counter() - t_last
+                    self._log_train(losses, t_iter, t_data)
+                    bar.set_postfix(loss=f"{float(losses['loss']):.3f}")
+                t_last = time.perf_counter()
+                every = cfg.checkpoint_every_steps
+                if every and self.state.step % every == 0:
+                    self.save()
+                if self.state.step >= total:
+                    stopped = True
+                    break
+            if self.state.epoch_step >= steps_per_epoch:
+                self.state.epoch += 1
+                self.state.epoch_step = 0
+                self.scheduler.step()
+                if (
+                    self.main
+                    and cfg.eval_every_epochs
+                    and self.state.epoch % cfg.eval_every_epochs == 0
+                ):
+                    metrics = self.evaluate()
+            self.save()
+        bar.close()
+        if self.main and not metrics and cfg.eval_every_epochs:
+            metrics = self.evaluate()
+        summary = {"step": self.state.step, "epoch": self.state.epoch, **metrics}
+        if self.main:
+            (self.out_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
+        self.logger.close()
+        dist_utils.barrier()
+        return summary
+
+
+def train(cfg, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
+    """Train ``cfg`` into ``out_dir`` (see :class:`Trainer`); returns the final summary."""
+    return Trainer(cfg, out_dir, resume=resume, progress=progress).fit()
