@@ -4,7 +4,8 @@
 profile), an optional ``sweep`` (parameter -> list of values: one run per combination) and
 ``profiles`` (``smoke`` / ``default`` / ``gpu`` -> ``{parameters: ..., sweep: ...}`` replacing the
 entry's). The runner injects ``figures_dir``, ``run_dir`` and ``workbook_dir`` into notebooks
-that declare them, executes every run into ``out/``, goes on past failures (papermill keeps the
+that declare them (and replaces ``{workbook_dir}`` in string parameters, so a notebook can read
+what an earlier one wrote), executes every run into ``out/``, goes on past failures (papermill keeps the
 failing cell in the executed notebook) and writes ``summary.md`` and ``workbook.json``.
 """
 
@@ -159,6 +160,23 @@ def default_kernel() -> str:
     return "attnkit" if "attnkit" in KernelSpecManager().find_kernel_specs() else "python3"
 
 
+def _substitute(value: Any, names: Mapping[str, str]) -> Any:
+    """Replace ``{workbook_dir}`` in string parameter values (recursively in lists and dicts).
+
+    Lets a notebook use what an earlier one wrote, e.g.
+    ``checkpoint: "{workbook_dir}/runs/01_train__attention-sparsemax/last.pt"``.
+    """
+    if isinstance(value, str):
+        for key, replacement in names.items():
+            value = value.replace("{" + key + "}", replacement)
+        return value
+    if isinstance(value, list):
+        return [_substitute(v, names) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute(v, names) for k, v in value.items()}
+    return value
+
+
 def _execute(run: NotebookRun, out_dir: Path, kernel_name: str) -> RunResult:
     import papermill
 
@@ -167,7 +185,10 @@ def _execute(run: NotebookRun, out_dir: Path, kernel_name: str) -> RunResult:
     run_dir = out_dir / "runs" / run.name
     declared = notebook_parameters(run.notebook)
     injected = {"figures_dir": str(figures), "run_dir": str(run_dir), "workbook_dir": str(out_dir)}
-    params = {**{k: v for k, v in injected.items() if k in declared}, **run.parameters}
+    params = {
+        **{k: v for k, v in injected.items() if k in declared},
+        **_substitute(run.parameters, {"workbook_dir": str(out_dir)}),
+    }
     figures.mkdir(parents=True, exist_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

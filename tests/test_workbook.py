@@ -116,6 +116,32 @@ def test_runner_goes_past_failures_and_reports_them(tiny_workbook, tmp_path, cap
     assert [r["status"] for r in results] == ["ok", "ok", "failed", "ok"]
 
 
+def test_workbook_dir_is_substituted_in_parameters(tmp_path):
+    make_notebook(tmp_path / "00_write.ipynb", "path = ''", "open(path, 'w').write('from 00')")
+    make_notebook(tmp_path / "01_read.ipynb", "path = ''", "assert open(path).read() == 'from 00'")
+    spec = {
+        "notebooks": [
+            {
+                "id": "00",
+                "notebook": "00_write.ipynb",
+                "parameters": {"path": "{workbook_dir}/x.txt"},
+            },
+            {
+                "id": "01",
+                "notebook": "01_read.ipynb",
+                "parameters": {"path": "{workbook_dir}/x.txt"},
+            },
+        ]
+    }
+    (tmp_path / "workbook.yaml").write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    results, _ = run_workbook(
+        tmp_path / "workbook.yaml", out_dir=out, kernel_name="python3", progress=False
+    )
+    assert [r.status for r in results] == ["ok", "ok"]
+    assert (out / "x.txt").read_text() == "from 00"
+
+
 def test_all_ok_exits_zero(tiny_workbook, tmp_path):
     results, summary = run_workbook(
         tiny_workbook,

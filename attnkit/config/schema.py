@@ -71,6 +71,8 @@ class DETRConfig:
     # Zero the padded area before every backbone convolution, so an image's features do not
     # depend on the larger images of its batch. Off = official DETR (border features see padding).
     backbone_mask_padding: bool = False
+    # No pretrained weights: trainable batch norm and all stages trained (synthetic-data models).
+    backbone_from_scratch: bool = False
     hidden_dim: int = 256
     num_heads: int = 8
     enc_layers: int = 6

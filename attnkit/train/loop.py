@@ -53,6 +53,7 @@ class Progress:
     epoch: int = 0
     step: int = 0  # optimiser steps taken in the whole run
     epoch_step: int = 0  # optimiser steps taken in the current epoch
+    seconds: float = 0.0  # wall time spent training, over all resumes
 
 
 def _memory_mb(device: torch.device) -> float:
@@ -130,7 +131,9 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
-        self.state = Progress(ckpt["epoch"], ckpt["step"], ckpt["epoch_step"])
+        self.state = Progress(
+            ckpt["epoch"], ckpt["step"], ckpt["epoch_step"], ckpt.get("seconds", 0.0)
+        )
         set_rng_state(ckpt["rng"][self.rank] if isinstance(ckpt["rng"], list) else ckpt["rng"])
         self.logger.truncate_after(self.state.step)
         if self.main:
@@ -154,6 +157,7 @@ class Trainer:
                 "epoch": self.state.epoch,
                 "step": self.state.step,
                 "epoch_step": self.state.epoch_step,
+                "seconds": self._elapsed(),
                 "config": config_to_dict(self.cfg),
             },
             self.ckpt_path,
@@ -173,6 +177,9 @@ class Trainer:
         )
         self.logger.log(record)
 
+    def _elapsed(self) -> float:
+        return round(self.state.seconds + time.perf_counter() - self._started, 1)
+
     def evaluate(self) -> dict[str, float]:
         amp_dtype = AMP_DTYPES[self.cfg.train.amp]
         metrics, _ = evaluate_detection(
@@ -191,6 +198,7 @@ class Trainer:
 
     def fit(self) -> dict:
         cfg = self.cfg.train
+        self._started = time.perf_counter()
         accum = cfg.grad_accum_steps
         steps_per_epoch = len(self.train_loader.sampler) // (self.cfg.data.batch_size * accum)
         if steps_per_epoch == 0:
@@ -265,7 +273,12 @@ class Trainer:
         bar.close()
         if self.main and not metrics and cfg.eval_every_epochs:
             metrics = self.evaluate()
-        summary = {"step": self.state.step, "epoch": self.state.epoch, **metrics}
+        summary = {
+            "step": self.state.step,
+            "epoch": self.state.epoch,
+            "seconds": self._elapsed(),
+            **metrics,
+        }
         if self.main:
             (self.out_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
         self.logger.close()

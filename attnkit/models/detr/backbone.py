@@ -59,7 +59,7 @@ class ResNetBody(nn.Module):
         return self.layer4(self.layer3(x))  # [B, C, H/32, W/32] (H/16 with dilation)
 
 
-def _resnet_body(name: str, dilation: bool) -> tuple[nn.Module, int]:
+def _resnet_body(name: str, dilation: bool, from_scratch: bool = False) -> tuple[nn.Module, int]:
     if name not in RESNET_CHANNELS:
         raise ValueError(
             f"unknown backbone {name!r}; use one of {', '.join(RESNET_CHANNELS)} "
@@ -70,19 +70,20 @@ def _resnet_body(name: str, dilation: bool) -> tuple[nn.Module, int]:
     resnet = getattr(torchvision.models, name)(
         weights=None,
         replace_stride_with_dilation=[False, False, dilation],
-        norm_layer=FrozenBatchNorm2d,
+        norm_layer=nn.BatchNorm2d if from_scratch else FrozenBatchNorm2d,
     )
     return ResNetBody(resnet), RESNET_CHANNELS[name]
 
 
-def _timm_body(name: str, dilation: bool) -> tuple[nn.Module, int, str]:
+def _timm_body(name: str, dilation: bool, from_scratch: bool = False) -> tuple[nn.Module, int, str]:
     """A timm feature extractor of its last stage, its channels and the name of its stride-4 stage."""
     import timm
     from timm.layers import freeze_batch_norm_2d
 
     kw = {"output_stride": 16} if dilation else {}
     body = timm.create_model(name, features_only=True, out_indices=(-1,), pretrained=False, **kw)
-    body = freeze_batch_norm_2d(body)
+    if not from_scratch:
+        body = freeze_batch_norm_2d(body)
     stride4 = [info["module"] for info in body.feature_info.info if info["reduction"] <= 4]
     return body, body.feature_info.channels()[-1], stride4[-1] if stride4 else ""
 
@@ -159,6 +160,8 @@ class Backbone(nn.Module):
         pretrained: optional local path of a torchvision ResNet state dict.
         mask_padding: zero the padded area before every convolution and pooling so that batch
             composition does not change an image's features (see the module docstring).
+        from_scratch: trainable batch norm and every stage trained, for a backbone without
+            pretrained weights (e.g. the synthetic-data reference models); official DETR: False.
     """
 
     def __init__(
@@ -168,6 +171,7 @@ class Backbone(nn.Module):
         train_backbone: bool = True,
         pretrained: str | Path | None = None,
         mask_padding: bool = False,
+        from_scratch: bool = False,
     ) -> None:
         super().__init__()
         self.name = name
@@ -177,13 +181,17 @@ class Backbone(nn.Module):
         if name.startswith("timm:"):
             if pretrained is not None:
                 raise ValueError("pretrained_backbone loads torchvision ResNets only")
-            self.body, self.num_channels, stride4 = _timm_body(name[len("timm:") :], dilation)
+            self.body, self.num_channels, stride4 = _timm_body(
+                name[len("timm:") :], dilation, from_scratch
+            )
             trained = _timm_trained_prefixes(self.body, stride4)
         else:
-            self.body, self.num_channels = _resnet_body(name, dilation)
+            self.body, self.num_channels = _resnet_body(name, dilation, from_scratch)
             if pretrained is not None:
                 load_backbone_weights(self.body, pretrained)
             trained = TRAINED_RESNET_STAGES
+        if from_scratch:
+            trained = ("",)  # every parameter name starts with ""
         _freeze(self.body, trained if train_backbone else ())
         self._padding: tuple | None = None  # (H, W, valid_h [B], valid_w [B]) during forward
         if mask_padding:

@@ -122,6 +122,7 @@ def build_detr(model_cfg, train_backbone: bool = True) -> DETR:
         train_backbone=train_backbone,
         pretrained=model_cfg.pretrained_backbone,
         mask_padding=model_cfg.backbone_mask_padding,
+        from_scratch=model_cfg.backbone_from_scratch,
     )
     transformer = Transformer(
         d_model=model_cfg.hidden_dim,
