@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 
 __all__ = [
+    "Workspace",
     "compute_dtype",
     "initial_threshold",
     "newton_tol",
@@ -28,7 +29,7 @@ __all__ = [
 # column groups (a multiple of 16: the group maximum then vectorises well on CPU). When the
 # support falls in distinct groups, the sub-vector's threshold is already the exact one.
 _NUM_GROUPS = 128
-_GROUP_MAX_STEPS = 30
+_GROUP_MAX_STEPS = 12
 
 # Costs, in elementwise passes over the rows concerned, of the row bookkeeping of solve_rows:
 # gathering rows (index_select) and scattering them into an output (index_copy_, which is much
@@ -37,11 +38,39 @@ _GATHER_COST = 1.0
 _SCATTER_COST = 4.0
 _FUTURE_STEPS = 1.5
 
-# One step of a row-wise solver: (scores [n, K], state {name: [n, 1]}) -> (done [n] bool,
-# next state, finish). finish(rows) returns the final tensors ([m, ...] each) of the selected
-# rows (indices [m], or None for all rows) at the point where ``done`` was evaluated.
+
+class Workspace:
+    """Scratch tensors shaped like the rows of one call, reused from step to step.
+
+    A fresh multi-megabyte tensor costs page faults on first touch, which on CPU can cost more
+    than the elementwise pass that fills it; reusing a few buffers keeps the memory traffic of
+    a call to the passes themselves.
+    """
+
+    def __init__(self, like: torch.Tensor) -> None:
+        self._like = like  # [N, K]
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, rows: int) -> torch.Tensor:
+        """An uninitialised contiguous ``[rows, K]`` scratch tensor, one per ``name``."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape[0] < rows:
+            buf = self._like.new_empty((rows, self._like.shape[1]))
+            self._buffers[name] = buf
+        return buf[:rows]
+
+    def forget(self) -> None:
+        """Hand the current buffers over to the caller: later ``get`` calls allocate anew."""
+        self._buffers.clear()
+
+
+# One step of a row-wise solver: (scores [n, K], state {name: [n, 1]}, workspace) -> (done [n]
+# bool, next state, finish). finish(rows) returns the final tensors ([m, ...] each) of the
+# selected rows (indices [m], or None for all rows) at the point where ``done`` was evaluated.
+# They may live in the workspace, and finish(None) may overwrite ``scores`` (it is called last
+# or after the rows still to solve have been gathered).
 Step = Callable[
-    [torch.Tensor, dict[str, torch.Tensor]],
+    [torch.Tensor, dict[str, torch.Tensor], Workspace],
     tuple[torch.Tensor, dict[str, torch.Tensor], Callable[[torch.Tensor | None], tuple]],
 ]
 
@@ -97,10 +126,12 @@ def solve_rows(
     for all ``N`` rows, in row order.
     """
     num_rows = scores.shape[0]
+    workspace = Workspace(scores)
     rows = None  # indices of the active rows into the outputs; None while all rows are active
     outputs: tuple[torch.Tensor, ...] = ()
+    gather_to = "rows_b"
     for it in range(max_steps):
-        done, next_state, finish = step(scores, state)
+        done, next_state, finish = step(scores, state, workspace)
         num_active = scores.shape[0]
         num_done = int(done.sum())
         if num_done == num_active or it == max_steps - 1:
@@ -117,21 +148,27 @@ def solve_rows(
         done_only_cost = _SCATTER_COST * share + (_GATHER_COST + _SCATTER_COST) * rest
         if num_done > 0 and min(all_now_cost, done_only_cost) < keep_cost:
             all_now = all_now_cost <= done_only_cost
-            done_idx = done.nonzero().squeeze(-1)  # [d]
-            finals = finish(None if all_now else done_idx)
+            keep = (~done).nonzero().squeeze(-1)  # [n - d]
+            done_idx = None if all_now else done.nonzero().squeeze(-1)  # [d]
+            # Gather the rows still to solve first: finish may overwrite ``scores``. Two gather
+            # buffers alternate, the source of a gather being the previous one.
+            gather_to = "rows_b" if gather_to == "rows_a" else "rows_a"
+            buffer = workspace.get(gather_to, keep.numel())
+            remaining = torch.index_select(scores, 0, keep, out=buffer)
+            finals = finish(done_idx)
             if rows is None:
                 rows = torch.arange(num_rows, device=scores.device)
                 if all_now:
                     outputs = finals  # full-size already: nothing to copy
+                    workspace.forget()  # the outputs live there now
                 else:
                     outputs = tuple(f.new_empty((num_rows, *f.shape[1:])) for f in finals)
             if outputs is not finals:
                 target = rows if all_now else rows.index_select(0, done_idx)
                 for out, final in zip(outputs, finals):
                     out.index_copy_(0, target, final)
-            keep = (~done).nonzero().squeeze(-1)  # [n - d]
-            rows, scores = rows.index_select(0, keep), scores.index_select(0, keep)
-            next_state = {name: value.index_select(0, keep) for name, value in next_state.items()}
+            scores, rows = remaining, rows.index_select(0, keep)
+            next_state = {key: value.index_select(0, keep) for key, value in next_state.items()}
         state = next_state
     raise AssertionError("unreachable: the last step always returns")
 
@@ -148,8 +185,8 @@ def initial_threshold(shifted: torch.Tensor, scale: float | torch.Tensor) -> tor
     * ``mean(x) - K ** -scale``: by the power-mean inequality on the support, good for dense
       rows (``-inf`` keys make it ``-inf``);
     * the threshold of a sub-vector, the maxima of interleaved column groups: fewer terms in
-      the sum can only lower the threshold. A few Newton steps from the left approach it from
-      below; it is usually within a pass or two of the full row's threshold.
+      the sum can only lower the threshold. Newton steps from the left approach it from below;
+      it is usually within a pass or two of the full row's threshold, often equal to it.
     """
     num_rows, num_keys = shifted.shape
     mean = shifted.sum(dim=-1, keepdim=True) * (scale / num_keys)  # [N, 1]
@@ -162,17 +199,17 @@ def initial_threshold(shifted: torch.Tensor, scale: float | torch.Tensor) -> tor
     if used < num_keys:
         rest = num_keys - used
         sub[:, :rest] = torch.maximum(sub[:, :rest], shifted[:, used:])
-    sub = sub * scale  # [N, G]
+    if not isinstance(scale, float) or scale != 1.0:
+        sub = sub * scale  # [N, G]
     power = 1 / scale - 1  # beta - 1
+    mask_zeros = torch.is_tensor(power) and bool((power == 0).any())
     sub_mean = sub.sum(dim=-1, keepdim=True) / _NUM_GROUPS  # [N, 1]
     sub_tau = torch.clamp_min(sub_mean - _NUM_GROUPS ** (-scale), -1.0)  # [N, 1]
-    tol = 1e-13 if shifted.dtype == torch.float64 else 1e-7
+    tol = 1e-12 if shifted.dtype == torch.float64 else 1e-5
     for _ in range(_GROUP_MAX_STEPS):
         gap = torch.sub(sub, sub_tau).clamp_min_(0)  # [N, G]
-        slope = _power(gap, power)  # [N, G], gap ** (beta - 1), 0 off the support
-        mass = torch.linalg.vecdot(slope, gap).unsqueeze(-1)  # [N, 1], sum gap ** beta
-        deriv = slope.sum(dim=-1, keepdim=True).clamp_min(tiny(gap.dtype))  # [N, 1]
-        step = (mass - mass.pow(1 - scale)) / deriv  # Newton on the beta-norm
+        mass, deriv = _power_sums(gap, power, mask_zeros)  # [N, 1] each
+        step = (mass - mass.pow(1 - scale)) / deriv.clamp_min(tiny(gap.dtype))  # Newton
         step = torch.where(mass > 0, step, 0.0)  # empty rows stay put
         sub_tau = sub_tau + step
         if bool((step.abs() <= tol).all()):
@@ -180,13 +217,17 @@ def initial_threshold(shifted: torch.Tensor, scale: float | torch.Tensor) -> tor
     return torch.maximum(tau, sub_tau)
 
 
-def _power(gap: torch.Tensor, power: float | torch.Tensor) -> torch.Tensor:
-    """``gap ** power`` with ``0 ** 0 = 0`` (keys off the support do not count)."""
-    if isinstance(power, float) and power == 0:
-        return torch.sign(gap)
-    if isinstance(power, float) and power == 1:
-        return gap
-    out = gap.pow(power)
-    if not isinstance(power, float) and bool((power == 0).any()):
-        out.mul_(torch.sign(gap))
-    return out
+def _power_sums(
+    gap: torch.Tensor, power: float | torch.Tensor, mask_zeros: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row sums of ``gap ** (power + 1)`` and ``gap ** power``, ``[N, 1]`` each, with ``0 ** 0
+    = 0`` (keys off the support do not count; ``mask_zeros`` when a tensor power has zeros)."""
+    if isinstance(power, float) and power == 0:  # sparsemax
+        return gap.sum(dim=-1, keepdim=True), torch.sign(gap).sum(dim=-1, keepdim=True)
+    if isinstance(power, float) and power == 1:  # entmax-1.5
+        norm = torch.linalg.vector_norm(gap, dim=-1, keepdim=True)
+        return norm * norm, gap.sum(dim=-1, keepdim=True)
+    slope = gap.pow(power)
+    if mask_zeros:
+        slope.mul_(torch.sign(gap))
+    return torch.linalg.vecdot(slope, gap).unsqueeze(-1), slope.sum(dim=-1, keepdim=True)

@@ -3,8 +3,9 @@
 ``alpha_entmax(z) = ((alpha - 1) z - tau)_+ ** (1 / (alpha - 1))`` with ``tau`` such that the
 weights sum to one; alpha -> 1 approaches softmax, alpha = 2 is sparsemax. The threshold is found
 with safeguarded Newton steps on ``F(tau) = ||((alpha - 1) z - tau)_+||_beta - 1`` (``beta =
-1 / (alpha - 1)``): F is convex, decreasing and nearly linear, so a few steps from the left
-reach float precision where bisection needs ~50 passes. The weights are renormalised to sum to
+1 / (alpha - 1)``): F is convex, decreasing and nearly linear, so a few steps from the left (from
+the threshold of the row's group maxima, see ``initial_threshold``) reach float precision where
+bisection needs ~50 passes. The weights are renormalised to sum to
 one. The backward pass is closed form, including the gradient with respect to alpha (so a
 per-head alpha can be learned, Correia et al. 2019).
 """
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from attnkit.attention._threshold import (
+    Workspace,
     compute_dtype,
     initial_threshold,
     newton_tol,
@@ -39,7 +41,8 @@ def alpha_entmax_threshold(
 
     ``alpha`` broadcasts against ``shifted[..., :1]`` and lies in ``[1.01, 2]``. Returns
     ``(weights [..., K], slope [..., K])`` with ``slope = weights ** (2 - alpha)``, the diagonal
-    of the Jacobian that the backward pass needs.
+    of the Jacobian that the backward pass needs. ``shifted`` is consumed: its memory may be
+    reused for the weights.
     """
     num_keys = shifted.shape[-1]
     flat = shifted.reshape(-1, num_keys)  # [N, K]
@@ -57,39 +60,49 @@ def alpha_entmax_threshold(
     mask_zeros = bool((state["power"] == 0).any())
     tol = newton_tol(shifted.dtype)
 
-    def step(x, st):
-        return _newton_step(x, st, tol, mask_zeros)
+    def step(x, st, ws):
+        return _newton_step(x, st, ws, tol, mask_zeros)
 
     weights, slope = solve_rows(flat, state, step, _MAX_STEPS, step_cost=25.0, finish_cost=25.0)
     return weights.view(shifted.shape), slope.view(shifted.shape)
 
 
-def _newton_step(x: torch.Tensor, state: dict[str, torch.Tensor], tol: float, mask_zeros: bool):
+def _newton_step(
+    x: torch.Tensor,
+    state: dict[str, torch.Tensor],
+    workspace: Workspace,
+    tol: float,
+    mask_zeros: bool,
+):
     """A safeguarded Newton step on ``||(x - tau)_+||_beta - 1``; done when the step is small.
 
     A row's final weights are computed at the threshold after its last step (``finish``),
     which, Newton converging quadratically, is far more accurate than the step size.
     """
     tau, lo, hi, scale, power = (state[k] for k in ("tau", "lo", "hi", "scale", "power"))
-    gap, slope, unnormalised = _powers(x, scale, tau, power, mask_zeros)  # [n, K] each
-    mass = unnormalised.sum(dim=-1, keepdim=True)  # [n, 1]
-    deriv = slope.sum(dim=-1, keepdim=True).clamp_min(tiny(x.dtype))  # [n, 1]
+    rows = x.shape[0]
+    gap, slope = workspace.get("gap", rows), workspace.get("slope", rows)
+    mass, deriv = _powers(x, scale, tau, power, gap, slope, mask_zeros)  # [n, 1] each
     left = mass >= 1  # F(tau) >= 0: tau is left of the root
     lo = torch.where(left, tau, lo)
     hi = torch.where(left, hi, tau)
+    deriv = deriv.clamp_min(tiny(x.dtype))
     target = tau + (mass - mass.pow(1 - scale)) / deriv  # Newton on the beta-norm
     inside = (target >= lo) & (target <= hi)
     target = torch.where(inside, target, (lo + hi) / 2)  # bisect if Newton leaves the bracket
     done = ((target - tau).abs() <= tol).squeeze(-1)  # [n]
-    del gap, slope, unnormalised
 
     def finish(rows):
         tensors = (x, scale, target, power)
-        x_f, scale_f, tau_f, power_f = (
-            tensors if rows is None else (t.index_select(0, rows) for t in tensors)
-        )
-        _, slope_f, weights = _powers(x_f, scale_f, tau_f, power_f, mask_zeros)
-        mass_f = weights.sum(dim=-1, keepdim=True).clamp_min(tiny(x.dtype))  # [m, 1]
+        if rows is None:  # x may be overwritten: the weights go there
+            x_f, scale_f, tau_f, power_f = tensors
+            weights = x
+        else:
+            x_f, scale_f, tau_f, power_f = (t.index_select(0, rows) for t in tensors)
+            weights = x_f
+        slope_f = workspace.get("slope", x_f.shape[0])
+        mass_f, _ = _powers(x_f, scale_f, tau_f, power_f, weights, slope_f, mask_zeros)
+        mass_f = mass_f.clamp_min(tiny(x.dtype))  # [m, 1]
         # weights = gap ** beta / mass, and weights ** (2 - alpha) = slope * mass ** (alpha - 2).
         return weights.div_(mass_f), slope_f.mul_(mass_f.pow(scale_f - 1))
 
@@ -97,14 +110,23 @@ def _newton_step(x: torch.Tensor, state: dict[str, torch.Tensor], tol: float, ma
 
 
 def _powers(
-    x: torch.Tensor, scale: torch.Tensor, tau: torch.Tensor, power: torch.Tensor, mask_zeros: bool
-):
-    """``gap = ((alpha - 1) x - tau)_+``, ``gap ** (beta - 1)`` and ``gap ** beta`` ``[n, K]``."""
-    gap = torch.addcmul(-tau, x, scale).clamp_min_(0)  # [n, K]
-    slope = gap.pow(power)  # [n, K]
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    tau: torch.Tensor,
+    power: torch.Tensor,
+    gap: torch.Tensor,
+    slope: torch.Tensor,
+    mask_zeros: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fill ``slope = gap ** (beta - 1)`` and then ``gap`` with ``gap ** beta``, where ``gap =
+    ((alpha - 1) x - tau)_+`` (``gap`` may be ``x`` itself); return their row sums ``[n, 1]``.
+    """
+    torch.addcmul(-tau, x, scale, out=gap).clamp_min_(0)  # [n, K]
+    torch.pow(gap, power, out=slope)  # [n, K]
     if mask_zeros:
         slope.mul_(torch.sign(gap))
-    return gap, slope, slope * gap
+    gap.mul_(slope)  # [n, K], gap ** beta
+    return gap.sum(dim=-1, keepdim=True), slope.sum(dim=-1, keepdim=True)
 
 
 class _AlphaEntmaxFunction(torch.autograd.Function):

@@ -3,18 +3,24 @@
 ``entmax15(z) = (z / 2 - tau)_+ ** 2`` with ``tau`` such that the weights sum to one. Instead of
 the full sort of the reference implementation, the threshold is found with Newton steps on
 ``F(tau) = ||(z / 2 - tau)_+||_2 - 1``, which is convex and decreasing, so the steps started
-left of the root stay left of it and the candidate support ``{z / 2 > tau}`` only shrinks. Once
-the steps are tiny the support is final and ``tau`` is solved exactly on it from
-``sum_S (z / 2 - tau)^2 = 1`` (a quadratic): keys outside the support get exact zeros. The
-backward pass is closed form (no graph through the iterations).
-"""
+left of the root (from the threshold of the row's group maxima, see ``initial_threshold``) stay
+left of it and the candidate support ``{z / 2 > tau}`` only shrinks. Once the steps are small
+the support is final and ``tau`` is solved exactly on it from ``sum_S (z / 2 - tau)^2 = 1`` (a
+quadratic): keys outside the support get exact zeros. The backward pass is closed form (no
+graph through the iterations)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from attnkit.attention._threshold import initial_threshold, shift_by_max, solve_rows, tiny
+from attnkit.attention._threshold import (
+    Workspace,
+    initial_threshold,
+    shift_by_max,
+    solve_rows,
+    tiny,
+)
 
 __all__ = ["Entmax15", "entmax15", "entmax15_threshold"]
 
@@ -38,7 +44,7 @@ def entmax15_threshold(shifted: torch.Tensor) -> torch.Tensor:
     (root,) = solve_rows(
         flat,
         state,
-        lambda z, st: _newton_step(z, st, tol),
+        lambda z, st, ws: _newton_step(z, st, ws, tol),
         _MAX_STEPS,
         step_cost=4.0,
         finish_cost=4.0,
@@ -46,10 +52,13 @@ def entmax15_threshold(shifted: torch.Tensor) -> torch.Tensor:
     return root.view(shifted.shape)
 
 
-def _newton_step(scores: torch.Tensor, state: dict[str, torch.Tensor], tol: float):
+def _newton_step(
+    scores: torch.Tensor, state: dict[str, torch.Tensor], workspace: Workspace, tol: float
+):
     """One Newton step on ``||(z / 2 - tau)_+||_2 - 1``; a row is done when the step is tiny."""
     tau = state["tau"]  # [n, 1]
-    root = torch.add(-tau, scores, alpha=0.5).clamp_min_(0)  # [n, K], (z / 2 - tau)_+
+    root = workspace.get("root", scores.shape[0])
+    torch.add(-tau, scores, alpha=0.5, out=root).clamp_min_(0)  # [n, K], (z / 2 - tau)_+
     total = root.sum(dim=-1, keepdim=True)  # [n, 1]
     norm = torch.linalg.vector_norm(root, dim=-1, keepdim=True)  # [n, 1]
     step = norm * (norm - 1) / total.clamp_min(tiny(total.dtype))  # [n, 1]
@@ -58,10 +67,14 @@ def _newton_step(scores: torch.Tensor, state: dict[str, torch.Tensor], tol: floa
     def finish(rows):
         # Exact threshold on the final support S: sum_S (root - delta)^2 = 1, smaller root.
         # delta >= 0 in exact arithmetic (tau is left of the root); the clamp keeps rounding
-        # from lifting keys off the support above zero.
-        tensors = (root, total, norm)
-        r, t, q = tensors if rows is None else (v.index_select(0, rows) for v in tensors)
-        size = torch.sign(r).sum(dim=-1, keepdim=True)  # [m, 1]
+        # from lifting keys off the support above zero. The support size is counted in place
+        # and the root recomputed (cheaper than a second full-size buffer).
+        if rows is None:
+            z, t, q, shift, r = scores, total, norm, -tau, root
+        else:
+            z, t, q, shift, r = (v.index_select(0, rows) for v in (scores, total, norm, -tau, root))
+        size = r.sign_().sum(dim=-1, keepdim=True)  # [m, 1]
+        torch.add(shift, z, alpha=0.5, out=r).clamp_min_(0)  # [m, K]
         disc = (t * t - size * (q * q - 1)).clamp_min(0)
         delta = ((t - disc.sqrt()) / size.clamp_min(1)).clamp_min(0)  # [m, 1]
         return (r.sub_(delta).clamp_min_(0),)
@@ -77,6 +90,9 @@ class _Entmax15Function(torch.autograd.Function):
         shifted = shift_by_max(scores)  # [..., K]
         root = entmax15_threshold(shifted)  # [..., K]
         ctx.save_for_backward(root)
+        # The shifted scores are spent: reuse their memory for the output when dtypes agree.
+        if shifted.dtype == scores.dtype:
+            return torch.mul(root, root, out=shifted)
         return (root * root).to(scores.dtype)
 
     @staticmethod

@@ -1,19 +1,20 @@
 """Sparsemax (Martins & Astudillo 2016): the Euclidean projection of the scores onto the simplex.
 
-``sparsemax(z) = (z - tau)_+`` with ``tau`` such that the weights sum to one. The threshold is
-found by exact support iteration (Michelot 1986) instead of a full sort: starting from a set
-that contains the support, ``tau = (sum_S z - 1) / |S|`` and ``S = {z > tau}`` are repeated
-until ``S`` stops shrinking. Each pass is one Newton step on ``f(tau) = sum (z - tau)_+ - 1``
-from the left, so ``tau`` rises monotonically to the exact threshold, usually in a handful of
-vectorised passes. The backward pass is closed form (no graph through the iterations).
-"""
+``sparsemax(z) = (z - tau)_+`` with ``tau`` such that the weights sum to one. Instead of the
+full sort of the reference implementation, the threshold is found by exact support iteration
+(Michelot 1986): from a lower bound of ``tau`` (so a superset ``S`` of the support),
+``tau = (sum_S z - 1) / |S|`` and ``S = {z > tau}`` are repeated until ``S`` stops shrinking.
+Each pass is a Newton step on ``f(tau) = sum (z - tau)_+ - 1`` from the left, so ``tau`` rises
+monotonically to the exact threshold. The start is the threshold of the row's group maxima
+(see ``initial_threshold``), usually already exact, and a row whose weights then sum to one is
+done after a single pass. The backward pass is closed form (no graph through the iterations)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from attnkit.attention._threshold import initial_threshold, shift_by_max, solve_rows
+from attnkit.attention._threshold import Workspace, initial_threshold, shift_by_max, solve_rows
 
 __all__ = ["Sparsemax", "sparsemax", "sparsemax_threshold"]
 
@@ -27,6 +28,7 @@ def sparsemax_threshold(shifted: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     """Sparsemax of max-shifted scores (row maximum 0, or all ``-inf`` for an empty row).
 
     Returns ``(weights [..., K], support_size [..., 1])`` in the dtype of ``shifted``.
+    ``shifted`` is consumed: its memory may be reused for the weights.
     """
     num_keys = shifted.shape[-1]
     flat = shifted.reshape(-1, num_keys)  # [N, K]
@@ -34,29 +36,33 @@ def sparsemax_threshold(shifted: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     state = {"tau": tau, "size": torch.full_like(tau, -1.0)}
     tol = _SUM_TOL_FLOAT64 if shifted.dtype == torch.float64 else _SUM_TOL
 
-    def step(z, st):
-        return _michelot_step(z, st, tol)
+    def step(z, st, ws):
+        return _michelot_step(z, st, ws, tol)
 
     weights, size = solve_rows(flat, state, step, num_keys + 2, step_cost=5.0, finish_cost=0.0)
     return weights.view(shifted.shape), size.view(*shifted.shape[:-1], 1)
 
 
-def _michelot_step(scores: torch.Tensor, state: dict[str, torch.Tensor], tol: float):
+def _michelot_step(
+    scores: torch.Tensor, state: dict[str, torch.Tensor], workspace: Workspace, tol: float
+):
     """One support-iteration pass; a row is done when its support did not change (then tau
     is the exact fixed point) or when its weights already sum to one (tau was exact)."""
     tau, size_prev = state["tau"], state["size"]  # [n, 1] each
-    weights = torch.sub(scores, tau).clamp_min_(0)  # [n, K], (z - tau)_+
-    size = torch.sign(weights).sum(dim=-1, keepdim=True)  # [n, 1], |{z > tau}|
-    excess = weights.sum(dim=-1, keepdim=True) - 1  # [n, 1]
+    buffer = workspace.get("weights", scores.shape[0])
+    torch.sub(scores, tau, out=buffer).clamp_min_(0)  # [n, K], (z - tau)_+
+    excess = buffer.sum(dim=-1, keepdim=True) - 1  # [n, 1]
+    size = buffer.sign_().sum(dim=-1, keepdim=True)  # [n, 1], |{z > tau}|; buffer now spent
     done = ((size == size_prev) | (excess.abs() <= tol)).squeeze(-1)  # [n]
-    tau = tau + excess / size.clamp_min(1)
 
     def finish(rows):
+        # The weights at this step's tau, recomputed (cheaper than keeping a second buffer).
         if rows is None:
-            return weights, size
-        return weights.index_select(0, rows), size.index_select(0, rows)
+            return torch.sub(scores, tau, out=scores).clamp_min_(0), size
+        z, t = scores.index_select(0, rows), tau.index_select(0, rows)
+        return z.sub_(t).clamp_min_(0), size.index_select(0, rows)
 
-    return done, {"tau": tau, "size": size}, finish
+    return done, {"tau": tau + excess / size.clamp_min(1), "size": size}, finish
 
 
 class _SparsemaxFunction(torch.autograd.Function):
@@ -73,11 +79,11 @@ class _SparsemaxFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         out, size = ctx.saved_tensors
-        on_support = torch.sign(out).to(size.dtype)  # [..., K], 1 on the support, else 0
-        grad_in = grad.to(size.dtype) * on_support
+        # A float 0/1 mask: elementwise ops on bool tensors are several times slower on CPU.
+        on_support = torch.sign(out).to(size.dtype)  # [..., K]
+        grad_in = grad.to(size.dtype) * on_support  # [..., K]
         mean = grad_in.sum(dim=-1, keepdim=True) / size.clamp_min(1)  # [..., 1]
-        grad_in.addcmul_(on_support, mean, value=-1.0)
-        return grad_in.to(grad.dtype)
+        return grad_in.addcmul_(on_support, mean, value=-1.0).to(grad.dtype)
 
 
 def sparsemax(scores: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Batched proximal operator of 2-D anisotropic total variation on a key grid, with its Jacobian.
+"""Batched proximal operator of 2-D anisotropic total variation on a key grid, and its groups.
 
 For scores ``z`` laid out row-major on an ``(h, w)`` grid (key ``row * w + col``),
 
@@ -14,12 +14,13 @@ Solver. All problems of the batch are solved together, with no loop over problem
 1. FISTA with adaptive (gradient) restart (Beck & Teboulle 2009; O'Donoghue & Candes 2015) on
    the dual, ``min_u 0.5 ||z - D^T u||^2`` subject to ``|u_e| <= lam`` (``u_e = 0`` on removed
    edges), where ``D`` is the edge difference operator, and ``y = z - D^T u``. An iteration is
-   about twenty in-place elementwise operations on ``[N, h, w]`` tensors, on CPU or GPU.
+   about fifteen in-place elementwise operations on ``[N, 2, h, w]`` tensors, on CPU or GPU.
 2. Every ``check_every`` iterations, the problems whose iterate moved by less than ``tol``
-   are *polished*: the fused groups (grid-connected keys whose values differ by less than four
-   times that motion) are found by label propagation, and the TV problem is solved exactly on
-   that group structure, ``y_g = mean_{i in g}(z_i - (D^T s)_i)`` with ``s_e = lam * sign(y_j -
-   y_i)`` on the edges between groups.
+   are *polished* (with an exponential back-off after failures): the fused groups
+   (grid-connected keys whose values differ by less than four times that motion) are found by
+   label propagation, and the TV problem is solved exactly on that group structure,
+   ``y_g = mean_{i in g}(z_i - (D^T s)_i)`` with ``s_e = lam * sign(y_j - y_i)`` on the edges
+   between groups.
 3. The polished ``y_p`` is certified, in float64, by the duality gap against the current dual
    point ``u``: ``gap = 0.5 ||y_p - (z - D^T u)||^2 + sum_e (lam |D y_p|_e - u_e (D y_p)_e)``
    bounds ``0.5 ||y_p - y*||^2``. Inside a group ``D y_p`` is exactly 0 and on saturated edges
@@ -28,15 +29,17 @@ Solver. All problems of the batch are solved together, with no loop over problem
    working set, once ``sqrt(2 gap) <= tol``, i.e. ``||y_p - y*||_2 <= tol``. With the right
    groups the polished values are exact, so in practice ``y_p`` is ``y*`` to rounding.
 
-A direct 1-D solver (Condat's taut string, as in proxTV or the TVmax reference code, which
-alternates exact row and column proxes) is sequential along each row and cannot be vectorised
-over a batch without a Python loop; the dual FISTA step is plain tensor arithmetic, and the
-polishing step supplies the exact group structure that first-order iterations only approach.
+Why not alternate exact 1-D proxes along rows and columns (Condat's taut string, as proxTV and
+the TVmax reference code do)? Those solvers are sequential along each row and do not vectorise
+over a batch; the dual step is plain tensor arithmetic, and polishing supplies the exact group
+structure that first-order iterations only approach. The cost: inside very large groups (``lam``
+large against the score differences) the dual converges like gradient descent on the group's
+Laplacian, in hundreds of iterations.
 
 Jacobian. At the solution, ``prox_TV`` is locally ``y = A z + c`` with ``A`` the averaging over
-each fused group (Niculae & Blondel 2017, Martins et al. 2020), so the backward pass returns the
-group mean of the incoming gradient. The polished forward is exactly that affine map of ``z``,
-so forward and backward agree (``gradcheck`` holds wherever the groups are locally stable).
+each fused group (Niculae & Blondel 2017, Martins et al. 2020); the solver returns the groups
+for that backward pass (:func:`attnkit.attention.tvmax.prox_tv2d`). The polished forward is
+exactly that affine map of ``z``, so forward and backward agree.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["ProxTVResult", "fused_groups", "group_mean", "prox_tv2d", "prox_tv2d_solve"]
+__all__ = ["ProxTVResult", "fused_groups", "group_mean", "prox_tv2d_solve"]
 
 
 class ProxTVResult(NamedTuple):
@@ -61,7 +64,8 @@ class ProxTVResult(NamedTuple):
 
 
 def _primal(z: torch.Tensor, uh: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
-    """``y = z - D^T u``: edge ``(i, j)`` with flow ``u`` adds ``u`` to ``y_i``, ``-u`` to ``y_j``."""
+    """``y = z - D^T u``: an edge ``(i, j)`` with flow ``u`` adds ``u`` to ``y_i``, ``-u`` to
+    ``y_j``."""
     y = z.clone()  # [N, h, w]
     y[:, :, :-1] += uh
     y[:, :, 1:] -= uh
@@ -138,10 +142,9 @@ def _polish(
     eh: torch.Tensor | None,
     ev: torch.Tensor | None,
     eps: torch.Tensor,
-) -> tuple[torch.Tensor, ...]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact TV solution on the group structure read off ``y`` (edges fused when ``|D y| <=
-    eps``): ``(y_polished [N, h, w], groups [N, K], group_size [N, K], fh, fv, sh, sv)`` with
-    the fused-edge masks ``f`` and the dual ``s`` (``+-lam`` on group borders, else 0)."""
+    eps``): ``(y_polished [N, h, w], groups [N, K], group_size [N, K])``."""
     n, h, w = z.shape
     dh, dv = _diffs(y)
     fh, fv = dh.abs() <= eps, dv.abs() <= eps
@@ -156,39 +159,7 @@ def _polish(
     shifted = _primal(z, sh, sv).view(n, h * w)  # [N, K]
     flat = groups.view(-1)
     size = torch.bincount(flat, minlength=flat.numel()).to(z.dtype)[flat].view(n, h * w)
-    yp = group_mean(shifted, groups, size).view(n, h, w)
-    return yp, groups, size, fh, fv, sh, sv
-
-
-def _group_flow(r, fh, fv, iters):
-    """Flow ``q`` on the fused edges with ``D^T q = r`` (``r`` sums to 0 over each group).
-
-    The potential flow ``q = D phi`` with ``L phi = r``, ``L`` the Laplacian of the fused
-    edges, by batched conjugate gradients: with the border duals it completes a dual point
-    for the polished solution far faster than the FISTA iterations, whose convergence inside
-    large groups is that of gradient descent on this Laplacian.
-    """
-    mh, mv = fh.to(r.dtype), fv.to(r.dtype)
-
-    def laplacian(phi):
-        gh, gv = _diffs(phi)
-        return -_primal(torch.zeros_like(phi), gh * mh, gv * mv)  # D^T (m * D phi)
-
-    phi, res = torch.zeros_like(r), r.clone()
-    p, rs = r.clone(), r.square().sum((1, 2), keepdim=True)  # [c, 1, 1]
-    floor = 1e-30 + 1e-28 * rs
-    for i in range(iters):
-        ap = laplacian(p)
-        alpha = rs / (p * ap).sum((1, 2), keepdim=True).clamp_min(1e-300)
-        phi.add_(alpha * p)
-        res.sub_(alpha * ap)
-        rs_next = res.square().sum((1, 2), keepdim=True)
-        if i % 8 == 7 and bool((rs_next <= floor).all()):
-            break
-        p = res + (rs_next / rs.clamp_min(1e-300)) * p
-        rs = rs_next
-    gh, gv = _diffs(phi)
-    return gh * mh, gv * mv
+    return group_mean(shifted, groups, size).view(n, h, w), groups, size
 
 
 def _certified_gap(
@@ -211,60 +182,78 @@ def _certified_gap(
 
 
 class _Working:
-    """FISTA state of the problems still being solved (all tensors share the leading dim)."""
+    """FISTA state of the problems still being solved (all tensors share the leading dim).
 
-    def __init__(self, z, valid, rows, tol, scale):
+    The dual lives in one ``[n, 2, h, w]`` tensor per variable: channel 0 holds the horizontal
+    edges in ``[:, :, :w-1]``, channel 1 the vertical edges in ``[:, :h-1, :]``. The padding
+    slots start at 0 and every update is linear or a clamp there, so they stay 0; one call per
+    update then covers both directions.
+    """
+
+    def __init__(self, z, valid, rows, lam, tol, scale):
         n, h, w = z.shape
         self.z, self.rows = z, rows  # [n, h, w], [n]
         unit = torch.finfo(z.dtype).eps * scale  # [n], rounding level of the scores
         self.floor = 32 * unit  # smallest fusion threshold
         self.tol = (16 * math.sqrt(h * w) * unit).clamp_min(tol)  # [n], reachable tolerance
-        self.eh = self.ev = None  # edge weights (1 kept, 0 removed), None when nothing masked
+        self.bound = self.eh = self.ev = None  # edge weights (1 kept, 0 removed) when masked
         if not bool(valid.all()):
-            self.eh = (valid[:, :, 1:] & valid[:, :, :-1]).to(z.dtype)  # [n, h, w-1]
-            self.ev = (valid[:, 1:, :] & valid[:, :-1, :]).to(z.dtype)  # [n, h-1, w]
-        self.uh, self.nh, self.gh, self.ph = (z.new_zeros(n, h, w - 1) for _ in range(4))
-        self.uv, self.nv, self.gv, self.pv = (z.new_zeros(n, h - 1, w) for _ in range(4))
+            self.bound = z.new_zeros(n, 2, h, w)
+            self.bound[:, 0, :, :-1] = valid[:, :, 1:] & valid[:, :, :-1]
+            self.bound[:, 1, :-1, :] = valid[:, 1:, :] & valid[:, :-1, :]
+            self.eh, self.ev = self.bound[:, 0, :, :-1], self.bound[:, 1, :-1, :]
+            self.bound = self.bound * lam  # [n, 2, h, w], the box of the dual
+        self.u, self.nxt, self.g, self.p = (z.new_zeros(n, 2, h, w) for _ in range(4))
         self.y = torch.empty_like(z)
         self.y_prev = z.clone()  # the primal iterate at the last check (u = 0)
-        self.t = z.new_ones(n, 1, 1)
+        self.t = z.new_ones(n, 1, 1, 1)
+        self.fails = torch.zeros(n, dtype=torch.long, device=z.device)  # failed certificates
+        self.wait = torch.zeros_like(self.fails)  # checks to skip before the next attempt
+
+    @property
+    def uh(self) -> torch.Tensor:
+        return self.u[:, 0, :, :-1]  # [n, h, w-1]
+
+    @property
+    def uv(self) -> torch.Tensor:
+        return self.u[:, 1, :-1, :]  # [n, h-1, w]
 
     def keep(self, mask: torch.Tensor) -> None:
         for name, value in vars(self).items():
             if isinstance(value, torch.Tensor):
                 setattr(self, name, value[mask])
+        if self.bound is not None:
+            self.eh = (self.bound[:, 0, :, :-1] > 0).to(self.z.dtype)
+            self.ev = (self.bound[:, 1, :-1, :] > 0).to(self.z.dtype)
 
     def steps(self, lam: float, step: float, count: int) -> None:
         """``count`` FISTA iterations on the dual, in place, with gradient restart."""
         n = self.z.shape[0]
+        y, nxt, g, p = self.y, self.nxt, self.g, self.p
         for _ in range(count):
-            y = self.y
-            y.copy_(self.z)
-            y[:, :, :-1] += self.ph
-            y[:, :, 1:] -= self.ph
-            y[:, :-1, :] += self.pv
-            y[:, 1:, :] -= self.pv
-            uphill = self.z.new_zeros(n)
-            for u, nxt, g, p, edges, diff in (
-                (self.uh, self.nh, self.gh, self.ph, self.eh, (y[:, :, 1:], y[:, :, :-1])),
-                (self.uv, self.nv, self.gv, self.pv, self.ev, (y[:, 1:, :], y[:, :-1, :])),
-            ):
-                torch.sub(*diff, out=nxt)  # D y at the extrapolated point
-                torch.add(p, nxt, alpha=step, out=nxt).clamp_(-lam, lam)  # projected ascent
-                if edges is not None:
-                    nxt.mul_(edges)
-                torch.sub(nxt, u, out=g)  # momentum direction u_next - u
-                p.sub_(nxt)  # p - u_next, the (scaled) gradient mapping
-                uphill += torch.linalg.vecdot(p.view(n, -1), g.view(n, -1))
+            u = self.u
+            y.copy_(self.z)  # y = z - D^T p at the extrapolated point
+            y[:, :, :-1] += p[:, 0, :, :-1]
+            y[:, :, 1:] -= p[:, 0, :, :-1]
+            y[:, :-1, :] += p[:, 1, :-1, :]
+            y[:, 1:, :] -= p[:, 1, :-1, :]
+            torch.sub(y[:, :, 1:], y[:, :, :-1], out=nxt[:, 0, :, :-1])  # D y
+            torch.sub(y[:, 1:, :], y[:, :-1, :], out=nxt[:, 1, :-1, :])
+            torch.add(p, nxt, alpha=step, out=nxt)  # ascent step, then projection on the box
+            if self.bound is None:
+                nxt.clamp_(-lam, lam)
+            else:
+                torch.clamp(nxt, -self.bound, self.bound, out=nxt)
+            torch.sub(nxt, u, out=g)  # momentum direction u_next - u
+            p.sub_(nxt)  # p - u_next, the (scaled) gradient mapping
+            uphill = torch.linalg.vecdot(p.view(n, -1), g.view(n, -1))  # [n]
             # Gradient restart (O'Donoghue & Candes 2015): drop momentum that points uphill.
-            t = torch.where(uphill.view(-1, 1, 1) > 0, 1.0, self.t)
+            t = torch.where(uphill.view(-1, 1, 1, 1) > 0, 1.0, self.t)
             t_next = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * t * t))
-            beta = (t - 1.0) / t_next  # [n, 1, 1]
-            torch.addcmul(self.nh, self.gh, beta, out=self.ph)
-            torch.addcmul(self.nv, self.gv, beta, out=self.pv)
-            self.uh, self.nh = self.nh, self.uh
-            self.uv, self.nv = self.nv, self.uv
+            torch.addcmul(nxt, g, (t - 1.0) / t_next, out=p)
+            self.u, nxt = nxt, u
             self.t = t_next
+        self.nxt = nxt
 
 
 def prox_tv2d_solve(
@@ -292,7 +281,7 @@ def prox_tv2d_solve(
         A :class:`ProxTVResult`.
 
     On CPU the problems are solved in blocks of about ``2**18`` scores, so that the working
-    set of the iterations stays in cache (several times faster than one huge batch there); on
+    set of the iterations stays in cache (markedly faster than one huge batch there); on
     other devices all problems form one block.
     """
     n, h, w = z.shape
@@ -317,10 +306,16 @@ def prox_tv2d_solve(
         block = n if z.device.type != "cpu" else max(1, 2**18 // k)
         for lo in range(0, n, block):
             rows = torch.arange(lo, min(n, lo + block), device=z.device)
-            ws = _Working(zs[rows], valid[rows], rows, tol, scale[rows])
+            ws = _Working(zs[rows], valid[rows], rows, lam, tol, scale[rows])
             its = _solve_block(ws, lam, max_iter, check_every, out)
             iterations = max(iterations, its)
-        _warn_unconverged(int((~out.converged).sum()), n, tol, max_iter)
+        if not bool(out.converged.all()):
+            warnings.warn(
+                f"prox_tv2d: {int((~out.converged).sum())} of {n} problems not certified "
+                f"within tol={tol:g} after max_iter={max_iter}; raise max_iter (or tol)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
     y = (out.y + top).masked_fill_(~valid, float("-inf"))
     return out._replace(y=y, iterations=iterations)
 
@@ -341,9 +336,14 @@ def _solve_block(
         y = _primal(ws.z, ws.uh, ws.uv)  # [n, h, w]
         moved = (y - ws.y_prev).abs().amax((1, 2))  # [n]
         ws.y_prev = y
-        cand = ~finished & ((moved <= ws.tol) | last)  # [n]
+        ws.wait -= 1
+        cand = ~finished & (((moved <= ws.tol) & (ws.wait <= 0)) | last)  # [n]
         if bool(cand.any()):
             certified, yp, grp, size = _polish_and_certify(ws, cand, y, moved, lam, last)
+            # Back off exponentially (up to 8 checks) after a failed certificate.
+            failed = cand.nonzero().view(-1)[~certified]
+            ws.fails[failed] += 1
+            ws.wait[failed] = (2 ** ws.fails[failed]).clamp_max(8)
             done = certified | last  # [c]
             rows = ws.rows[cand][done]
             out.y[rows] = yp[done]
@@ -360,14 +360,11 @@ def _solve_block(
 
 
 def _polish_and_certify(ws, cand, y, moved, lam, last):
-    """Polish the candidate problems and certify them, in float64.
+    """Polish the candidate problems and certify them against the current dual, in float64.
 
-    The polished solution is certified against the better of two dual points: the FISTA
-    iterate, and the border duals completed by a flow inside the groups (:func:`_group_flow`).
-    The completed dual also warm-starts the iterations of the problems it does not certify,
-    when it is better. Returns ``(certified [c], y [c, h, w], groups [c, K], group_size [c,
-    K])``; at ``last``, an uncertified candidate gets the better of its polished and its raw
-    iterate.
+    Returns ``(certified [c], y [c, h, w], groups [c, K], group_size [c, K])`` for the ``c``
+    candidates. At ``last``, an uncertified candidate gets the better certified of its polished
+    and its raw iterate.
     """
     f64 = torch.float64  # exact enough that the certificate reflects the dual point only
     z, uh, uv = ws.z[cand].to(f64), ws.uh[cand].to(f64), ws.uv[cand].to(f64)
@@ -379,73 +376,16 @@ def _polish_and_certify(ws, cand, y, moved, lam, last):
     # Fuse edges that differ by less than the iterate's recent motion: by then the iterate is
     # that close to the solution, whose fused edges have difference exactly 0.
     eps = torch.maximum(4.0 * moved[cand], ws.floor[cand]).view(-1, 1, 1)  # [c, 1, 1]
-    yp, grp, size, fh, fv, sh, sv = _polish(z, y, lam, eh, ev, eps)
+    yp, grp, size = _polish(z, y, lam, eh, ev, eps)
     gap = _certified_gap(z, yp, uh, uv, lam, eh, ev)  # [c]
     certified = (2.0 * gap.clamp_min(0)).sqrt() <= tol
-    if not bool(certified.all()):
-        qh, qv = _group_flow(_primal(z, sh, sv) - yp, fh, fv, 2 * sum(z.shape[1:]))
-        ch, cv = (sh + qh).clamp_(-lam, lam), (sv + qv).clamp_(-lam, lam)  # [c, ...]
-        if eh is not None:
-            ch, cv = ch * eh, cv * ev
-        gap2 = _certified_gap(z, yp, ch, cv, lam, eh, ev)
-        certified |= (2.0 * gap2.clamp_min(0)).sqrt() <= tol
-        # Warm start where the completed dual has the better dual objective.
-        better = _primal(z, ch, cv).square().sum((1, 2)) < _primal(z, uh, uv).square().sum((1, 2))
-        idx = cand.nonzero().view(-1)[better & ~certified]
-        if idx.numel():
-            sel = (better & ~certified).view(-1)
-            for name, value in (("uh", ch), ("uv", cv), ("ph", ch), ("pv", cv)):
-                getattr(ws, name)[idx] = value[sel].to(ws.z.dtype)
-            ws.t[idx] = 1.0
     if last:
         raw = _certified_gap(z, y, uh, uv, lam, eh, ev)
         yp = torch.where((raw < gap).view(-1, 1, 1), y, yp)
     return certified, yp.to(ws.z.dtype), grp, size.to(ws.z.dtype)
 
 
-def _warn_unconverged(count: int, n: int, tol: float, max_iter: int) -> None:
-    if count:
-        warnings.warn(
-            f"prox_tv2d: {count} of {n} problems not certified within tol={tol:g} after "
-            f"max_iter={max_iter}; raise max_iter (or tol)",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-
-
 def _regroup(groups: torch.Tensor, rows: torch.Tensor, k: int) -> torch.Tensor:
     """Renumber batch-global group ids of a working subset ``[m, K]`` to the rows ``rows``."""
     base = torch.div(groups[:, :1], k, rounding_mode="floor") * k  # [m, 1], old row offset
     return groups - base + rows.view(-1, 1) * k
-
-
-class _ProxTV2D(torch.autograd.Function):
-    """``prox_TV`` with the group-averaging Jacobian (see the module docstring)."""
-
-    @staticmethod
-    def forward(ctx, z, lam, tol, max_iter, check_every):
-        res = prox_tv2d_solve(z.detach(), lam, tol, max_iter, check_every)
-        ctx.save_for_backward(res.groups, res.group_size, z == float("-inf"))
-        return res.y
-
-    @staticmethod
-    def backward(ctx, grad):
-        groups, size, masked = ctx.saved_tensors
-        g = grad.masked_fill(masked, 0.0).reshape(groups.shape)  # [N, K]
-        g = group_mean(g, groups, size.to(g.dtype)).view_as(grad).masked_fill_(masked, 0.0)
-        return g, None, None, None, None
-
-
-def prox_tv2d(
-    z: torch.Tensor,
-    lam: float,
-    tol: float = 1e-5,
-    max_iter: int = 1000,
-    check_every: int = 10,
-) -> torch.Tensor:
-    """Differentiable 2-D TV prox of ``z [N, h, w]`` (``-inf`` = masked, kept as ``-inf``).
-
-    The backward pass averages the incoming gradient over each fused group of the solution and
-    gives zero gradient to masked keys. See :func:`prox_tv2d_solve` for the arguments.
-    """
-    return _ProxTV2D.apply(z, float(lam), float(tol), int(max_iter), int(check_every))

@@ -25,13 +25,46 @@ from torch import nn
 
 from attnkit.attention._threshold import compute_dtype
 from attnkit.attention.sparsemax import sparsemax
-from attnkit.attention.tv_prox import prox_tv2d
+from attnkit.attention.tv_prox import group_mean, prox_tv2d_solve
 
-__all__ = ["TVMax", "tvmax"]
+__all__ = ["TVMax", "prox_tv2d", "tvmax"]
 
 DEFAULT_LAM = 0.05
 """TV weight: the ``alpha = 0.1`` of the TVmax reference code used for DETR, whose 2-D TV prox
 (``step_size = alpha / 2``) is this ``lam``."""
+
+
+class _ProxTV2D(torch.autograd.Function):
+    """``prox_TV`` whose backward pass averages the gradient over each fused group."""
+
+    @staticmethod
+    def forward(ctx, z, lam, tol, max_iter, check_every):
+        res = prox_tv2d_solve(z.detach(), lam, tol, max_iter, check_every)
+        ctx.save_for_backward(res.groups, res.group_size, z == float("-inf"))
+        return res.y
+
+    @staticmethod
+    def backward(ctx, grad):
+        groups, size, masked = ctx.saved_tensors
+        g = grad.masked_fill(masked, 0.0).reshape(groups.shape)  # [N, K]
+        g = group_mean(g, groups, size.to(g.dtype)).view_as(grad).masked_fill_(masked, 0.0)
+        return g, None, None, None, None
+
+
+def prox_tv2d(
+    z: torch.Tensor,
+    lam: float,
+    tol: float = 1e-5,
+    max_iter: int = 1000,
+    check_every: int = 10,
+) -> torch.Tensor:
+    """Differentiable 2-D TV prox of ``z [N, h, w]`` (``-inf`` = masked, kept as ``-inf``).
+
+    The backward pass averages the incoming gradient over each fused group of the solution
+    (the Jacobian of the prox) and gives zero gradient to masked keys. Arguments as in
+    :func:`attnkit.attention.tv_prox.prox_tv2d_solve`.
+    """
+    return _ProxTV2D.apply(z, float(lam), float(tol), int(max_iter), int(check_every))
 
 
 def _grid(key_grid: tuple[int, int] | None, num_keys: int) -> tuple[int, int]:
@@ -61,11 +94,12 @@ def tvmax(
     Args:
         scores: attention scores ``[..., K]``; ``-inf`` marks masked keys.
         key_grid: ``(h, w)`` with ``h * w == K``, or ``None`` for a 1-D chain of keys.
-        lam: TV weight; ``0`` gives sparsemax, a large value the uniform distribution over each
-            connected region of unmasked keys (over all unmasked keys when they are connected).
-        tol: accuracy of the TV prox, certified per row by a duality gap (relative to the
-            row's score range when that exceeds 1); see :func:`~attnkit.attention.tv_prox.
-            prox_tv2d_solve`.
+        lam: TV weight; ``0`` gives sparsemax. A large value makes the scores constant over
+            each connected region of unmasked keys, hence the uniform distribution over the
+            unmasked keys when they are connected (DETR's padding keeps them connected).
+        tol: accuracy of the TV prox, certified per row by a duality gap: Euclidean distance
+            to the exact prox (raised to what float32 can certify for half/float32 scores;
+            see :func:`attnkit.attention.tv_prox.prox_tv2d_solve`).
         max_iter: iteration budget of the TV solver (a ``RuntimeWarning`` when exceeded).
 
     Returns:

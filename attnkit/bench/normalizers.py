@@ -15,6 +15,7 @@ memory of each, and the ratios. Scores are ``randn * sigma`` in two regimes, ``i
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 import weakref
@@ -116,8 +117,8 @@ def _time_side_by_side(
     grad: torch.Tensor,
     repeats: int,
     budget_s: float,
-) -> dict[str, float]:
-    """Median ms of forward + backward per function, the functions interleaved per round."""
+) -> dict[str, list[float]]:
+    """Forward + backward times (ms) per function, the functions interleaved per round."""
     device = scores.device
     times: dict[str, list[float]] = {name: [] for name in fns}
     for fn in fns.values():  # warm-up
@@ -132,7 +133,7 @@ def _time_side_by_side(
             times[name].append(1e3 * (time.perf_counter() - t0))
         if r >= 2 and time.perf_counter() - start > budget_s:
             break
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
 
 
 def _parse_ints(text: str) -> list[int]:
@@ -148,18 +149,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=20, help="timed rounds per cell (max)")
     parser.add_argument("--shape", default="2,8,100,850", help="B,H,Q,K of the main shape")
     parser.add_argument("--ks", default="64,256,1024,4096", help="K values of the sweep")
-    parser.add_argument("--quick", action="store_true", help="main shape only, 5 rounds")
+    parser.add_argument("--quick", action="store_true", help="main shape only, <= 10 rounds")
     parser.add_argument("--regimes", default="init,trained", help=f"of {', '.join(REGIMES)}")
     parser.add_argument("--budget", type=float, default=4.0, help="seconds per cell (soft)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory column")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
     main_shape = _parse_ints(args.shape)
     if len(main_shape) != 4:
         parser.error("--shape must be B,H,Q,K")
-    repeats = min(args.repeats, 5) if args.quick else args.repeats
+    repeats = min(args.repeats, 10) if args.quick else args.repeats
     shapes = [tuple(main_shape)]
     if not args.quick:
         shapes += [(2, 8, 100, k) for k in _parse_ints(args.ks) if k != main_shape[3]]
@@ -169,21 +171,28 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown regime(s) {unknown}; choose from {sorted(REGIMES)}")
 
     memory_kind = "cuda max_memory_allocated" if device.type == "cuda" else "live tensor storages"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
         f"attnkit normalizers vs entmax package vs softmax | torch {torch.__version__}, "
-        f"{device}, {torch.get_num_threads()} threads, float32, forward+backward, "
-        f"median of <= {repeats} interleaved rounds"
+        f"{device}, {torch.get_num_threads()} threads (load average {load:.1f} at start), "
+        f"float32, forward+backward, median of <= {repeats} interleaved rounds"
     )
     print(
         "scores = randn(B,H,Q,K) * sigma: "
         + ", ".join(f"{name} sigma={REGIMES[name]}" for name in regimes)
         + f"; alpha_entmax: one alpha per head {HEAD_ALPHAS} (package: entmax_bisect, 50 steps)"
     )
+    print(
+        "ms: medians; pkg/ak, ak/sm: ratios of the medians; best: pkg/ak of the fastest rounds"
+        " (less sensitive to other load on the machine)"
+    )
     print(f"peak memory: extra MiB during forward+backward ({memory_kind}, a proxy on CPU)")
     header = (
         f"{'normalizer':<13}{'regime':<8}{'shape':<18}{'attnkit ms':>11}{'package ms':>11}"
-        f"{'softmax ms':>11}{'pkg/ak':>8}{'ak/sm':>7}{'ak MiB':>8}{'pkg MiB':>8}{'sm MiB':>8}"
-        f"{'zeros':>7}"
+        f"{'softmax ms':>11}{'pkg/ak':>8}{'ak/sm':>7}{'best':>6}{'ak MiB':>8}{'pkg MiB':>8}"
+        f"{'sm MiB':>8}{'zeros':>7}"
     )
     print(header)
     print("-" * len(header))
@@ -198,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
             grad = torch.randn(shape, generator=gen).to(device)
             for name in ours:
                 fns = {"ak": ours[name], "pkg": theirs[name], "sm": lambda z: torch.softmax(z, -1)}
-                ms = _time_side_by_side(fns, scores, grad, repeats, args.budget)
+                times = _time_side_by_side(fns, scores, grad, repeats, args.budget)
+                ms = {key: statistics.median(ts) for key, ts in times.items()}
+                best = {key: min(ts) for key, ts in times.items()}
                 if args.no_memory:
                     mem = {key: float("nan") for key in fns}
                 else:
@@ -208,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"{name:<13}{regime:<8}{'x'.join(map(str, shape)):<18}{ms['ak']:>11.2f}"
                     f"{ms['pkg']:>11.2f}{ms['sm']:>11.2f}{ms['pkg'] / ms['ak']:>8.1f}"
-                    f"{ms['ak'] / ms['sm']:>7.1f}{mem['ak']:>8.1f}{mem['pkg']:>8.1f}"
+                    f"{ms['ak'] / ms['sm']:>7.1f}{best['pkg'] / best['ak']:>6.1f}"
+                    f"{mem['ak']:>8.1f}{mem['pkg']:>8.1f}"
                     f"{mem['sm']:>8.1f}{zeros:>7.3f}",
                     flush=True,
                 )

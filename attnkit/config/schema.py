@@ -57,7 +57,7 @@ class AttentionConfig:
     cross: NormalizerName = "softmax"
     # alpha_entmax: initial alpha (learnable per head) and TVmax strength.
     alpha_init: float = 1.5
-    tvmax_lambda: float = 0.1
+    tvmax_lambda: float = 0.05  # the TVmax reference: alpha=0.1 with a step of alpha / 2
 
 
 @dataclass
