@@ -17,6 +17,7 @@ help:
 	@echo "make lint       ruff format --check + ruff check"
 	@echo "make format     ruff format + ruff check --fix"
 	@echo "make venv       only set up the environment"
+	@echo "make reference-models  retrain checkpoints/shapes_tiny_*.pt"
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +47,10 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# Retrain the shipped models (hours on a laptop CPU, minutes on a GPU: add ARGS=train.device=cuda).
+reference-models: $(STAMP)
+	$(PY) -m attnkit.train.reference $(ARGS)
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

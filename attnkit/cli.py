@@ -166,7 +166,9 @@ def cmd_workbook_list(args) -> int:
             if name in ("figures_dir", "run_dir", "workbook_dir"):
                 continue
             help_text = f"  # {info['help']}" if info.get("help") else ""
-            print(f"    {name}: {info['inferred_type_name']} = {info['default']}{help_text}")
+            kind = info.get("inferred_type_name")
+            kind = f": {kind}" if kind not in (None, "None") else ""
+            print(f"    {name}{kind} = {info['default']}{help_text}")
         for profile, chosen in (entry.get("profiles") or {}).items():
             print(f"    profile {profile}: {chosen}")
         if entry.get("sweep"):

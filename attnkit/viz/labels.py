@@ -1,0 +1,113 @@
+"""Names as figures and tables show them: layers, normalizers, model colours.
+
+Attention modules are named as in ``model.named_modules()``
+(``transformer.decoder.layers.2.multihead_attn``); figures call them ``layer 3`` (1-based, as the
+thesis does), with ``enc``/``self`` marking encoder and decoder self-attention. Models compared in
+a figure are named after their normalizer, optionally with a suffix (``sparsemax (random init)``);
+:func:`model_color` gives every name that contains a normalizer that normalizer's colour.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import seaborn as sns
+
+from attnkit.viz.style import NORMALIZER_COLORS
+
+__all__ = [
+    "RANDOM_SUFFIX",
+    "layer_index",
+    "layer_label",
+    "layer_labels",
+    "model_color",
+    "model_colors",
+    "normalizer_of",
+    "normalizer_label",
+    "sort_layers",
+]
+
+NORMALIZER_LABELS = {
+    "softmax": "softmax",
+    "sparsemax": "sparsemax",
+    "entmax15": "1.5-entmax",
+    "alpha_entmax": "α-entmax",
+    "tvmax": "TVmax",
+}
+RANDOM_SUFFIX = " (random init)"
+_LAYER_RE = re.compile(r"layers\.(\d+)")
+
+
+def layer_index(name: str) -> int:
+    """The 0-based layer number in a module name (``...layers.2...`` -> 2); -1 if none."""
+    found = _LAYER_RE.findall(str(name))
+    return int(found[-1]) if found else -1
+
+
+def layer_label(name: str) -> str:
+    """``transformer.decoder.layers.2.multihead_attn`` -> ``layer 3``.
+
+    Decoder cross-attention is the plain ``layer k``; decoder self-attention is
+    ``layer k self``; encoder (self-attention) layers are ``enc layer k``. Names without a layer number are
+    returned unchanged.
+    """
+    index = layer_index(name)
+    if index < 0:
+        return str(name)
+    label = f"layer {index + 1}"
+    if "encoder" in name:
+        label = "enc " + label
+    elif name.endswith("self_attn"):
+        label += " self"
+    return label
+
+
+def sort_layers(names: Iterable[str]) -> list[str]:
+    """Module names in model order: encoder before decoder, then by layer number."""
+    unique = list(dict.fromkeys(names))
+    return sorted(unique, key=lambda n: ("decoder" in n, layer_index(n), "multihead" in n, n))
+
+
+def layer_labels(names: Iterable[str]) -> dict[str, str]:
+    """``{module name: label}`` in model order (for ``tables.summary_table(layers=...)``)."""
+    return {n: layer_label(n) for n in sort_layers(names)}
+
+
+def normalizer_of(model_name: str) -> str | None:
+    """The normalizer a model name refers to (exact, else the longest one it contains)."""
+    name = str(model_name)
+    if name in NORMALIZER_COLORS:
+        return name
+    for norm in sorted(NORMALIZER_COLORS, key=len, reverse=True):
+        if norm in name:
+            return norm
+    return None
+
+
+def normalizer_label(model_name: str) -> str:
+    """A model name for legends: ``alpha_entmax (random init)`` -> ``α-entmax (random init)``."""
+    norm = normalizer_of(model_name)
+    if norm is None:
+        return str(model_name)
+    return str(model_name).replace(norm, NORMALIZER_LABELS[norm], 1)
+
+
+def model_color(model_name: str, index: int = 0):
+    """The normalizer's colour when the name refers to one, else a palette colour by index."""
+    norm = normalizer_of(model_name)
+    if norm is not None:
+        return NORMALIZER_COLORS[norm]
+    return sns.color_palette("dark", 10)[index % 10]
+
+
+def model_colors(model_names: Iterable[str]) -> dict:
+    """``{name: colour}``; names without a normalizer get distinct palette colours."""
+    out, other = {}, 0
+    for name in model_names:
+        if normalizer_of(name) is None:
+            out[name] = model_color(name, other)
+            other += 1
+        else:
+            out[name] = model_color(name)
+    return out
