@@ -181,3 +181,18 @@ def test_paibb_on_cuda_matches_cpu():
     torch.testing.assert_close(fast.cpu(), paibb(maps, (800, 1066), boxes))
     ref = paibb_pixel_reference(maps.cuda(), (800, 1066), boxes.cuda())
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=0)
+
+
+def test_head_averaged_paibb_from_per_head_masses():
+    """The analysis derives head-averaged PAIBB from per-head masses (both are linear in the map)."""
+    from attnkit.analysis.paibb import box_and_total_mass, mass_ratio
+
+    g = torch.Generator().manual_seed(5)
+    maps = torch.rand(6, 4, 7, 9, generator=g)  # [P, H, h, w]
+    xy = torch.rand(6, 2, generator=g) * torch.tensor([150.0, 100.0])
+    boxes = torch.cat([xy, xy + torch.rand(6, 2, generator=g) * 60 + 2], 1)
+    inside, total = box_and_total_mass(maps, (130, 170), boxes)
+    from_masses = mass_ratio(inside.mean(1), total.mean(1), maps)
+    direct = paibb(maps.mean(1), (130, 170), boxes)
+    torch.testing.assert_close(from_masses, direct, atol=1e-6, rtol=0)
+    torch.testing.assert_close(mass_ratio(inside, total, maps), paibb(maps, (130, 170), boxes))

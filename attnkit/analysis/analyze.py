@@ -26,7 +26,7 @@ import torch
 from torchvision.ops import box_convert
 
 from attnkit.analysis.metrics import RunningStats, entropy, gini, support_size, zeros_ratio
-from attnkit.analysis.paibb import crop_to_unpadded, paibb
+from attnkit.analysis.paibb import box_and_total_mass, crop_to_unpadded, mass_ratio
 from attnkit.analysis.recorder import AttentionRecorder
 from attnkit.data.stats import SIZE_BUCKETS, size_bucket
 
@@ -109,28 +109,36 @@ class AttentionAnalysis:
             self._add_rows(name, values, paibb_per_image, batch)
 
     def _paibb(self, name, record, weights, batch, matches) -> list:
-        """PAIBB of the matched pairs of each image: ``[(queries, gt, [P, H], buckets)]``."""
-        out = []
+        """PAIBB of the matched pairs of each image: ``[(queries, gt, [P, H], buckets)]``.
+
+        Statistics are updated once per batch (per head, head-averaged, by size bucket).
+        """
+        out, per_head_all, head_avg_all, buckets_all = [], [], [], []
+        kpm = record.key_padding_mask
         for b, (q_idx, t_idx) in enumerate(matches):
             if len(q_idx) == 0:
                 out.append(None)
                 continue
             maps = weights[b, :, q_idx, :].transpose(0, 1)  # [P, H, K]
-            kpm = record.key_padding_mask
             pad = kpm[b] if kpm is not None else torch.zeros(maps.shape[-1], dtype=torch.bool)
             maps = crop_to_unpadded(maps, record.key_grid, pad)  # [P, H, hv, wv]
             boxes, areas = _original_boxes(batch.targets[b])
             size = tuple(int(v) for v in batch.targets[b]["orig_size"])
-            per_head = paibb(maps, size, boxes[t_idx])  # [P, H]
-            head_avg = paibb(maps.mean(1), size, boxes[t_idx])  # [P]
+            inside, total = box_and_total_mass(maps, size, boxes[t_idx])  # [P, H] each
+            per_head = mass_ratio(inside, total, maps)  # [P, H]
+            head_avg_all.append(mass_ratio(inside.mean(1), total.mean(1), maps))  # [P]
             buckets = [size_bucket(a) for a in areas[t_idx].tolist()]
+            per_head_all.append(per_head)
+            buckets_all += buckets
+            out.append((q_idx, t_idx, per_head, buckets))
+        if per_head_all:
+            per_head = torch.cat(per_head_all)  # [sum P, H]
             self.stats.update(("paibb", name), per_head, keep_dim=1)
-            self.stats.update(("paibb_head_avg", name), head_avg)
+            self.stats.update(("paibb_head_avg", name), torch.cat(head_avg_all))
             for bucket in SIZE_BUCKETS:
-                sel = torch.tensor([bk == bucket for bk in buckets], dtype=torch.bool)
+                sel = torch.tensor([bk == bucket for bk in buckets_all], dtype=torch.bool)
                 if sel.any():
                     self.stats.update(("paibb_by_size", name, bucket), per_head[sel], keep_dim=1)
-            out.append((q_idx, t_idx, per_head, buckets))
         return out
 
     def _add_rows(self, name, values, paibb_per_image, batch) -> None:
