@@ -21,6 +21,9 @@ from attnkit.cli import main
         ["workbook", "run"],
         ["workbook", "list"],
         ["bench"],
+        ["train"],
+        ["eval"],
+        ["analyze"],
     ],
 )
 def test_every_command_has_help(argv, capsys):
