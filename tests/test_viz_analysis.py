@@ -22,7 +22,8 @@ import torch  # noqa: E402
 from matplotlib.collections import PathCollection  # noqa: E402
 from matplotlib.colors import to_hex  # noqa: E402
 
-from attnkit.viz import alpha, curves, labels, paibb, sparsity  # noqa: E402
+from attnkit.analysis import compare  # noqa: E402
+from attnkit.viz import alpha, curves, labels, paibb, sparsity, thesis_tables  # noqa: E402
 from attnkit.viz.style import NORMALIZER_COLORS  # noqa: E402
 
 from train_helpers import tiny_config  # noqa: E402
@@ -281,7 +282,7 @@ def test_distributions_and_record_loading(tmp_path):
     records = make_map_records()
     softmax = records[records.model == "softmax"].drop(columns="model")
     softmax.to_parquet(tmp_path / "records.parquet")
-    loaded = sparsity.load_records(
+    loaded = compare.load_records(
         {"softmax": tmp_path, "sparsemax (random init)": records[records.model == "sparsemax"]},
         max_rows=20,
     )
@@ -301,7 +302,7 @@ def test_distributions_and_record_loading(tmp_path):
 
 def test_export_tables(tmp_path):
     summaries = {"alpha_entmax": SUMMARIES["softmax"], "sparsemax": SUMMARIES["sparsemax"]}
-    tables = sparsity.export_tables(summaries, ["gini", "zeros_ratio"], tmp_path)
+    tables = thesis_tables.export_tables(summaries, ["gini", "zeros_ratio"], tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "gini.md",
         "gini.tex",
@@ -407,14 +408,14 @@ def test_gallery_maps_score_what_analyze_recorded(tmp_path):
     the one recorded with batch 2 (pitfalls 4, 9), and the analysis is reused when unchanged."""
     torch.set_num_threads(1)
     ckpt = _tiny_checkpoint(tmp_path)
-    folders = sparsity.analyze_models({"sparsemax": ckpt}, tmp_path / "an", batch_size=2)
-    rand = sparsity.analyze_models({"sparsemax": ckpt}, tmp_path / "an", random_init=True)
+    folders = compare.analyze_models({"sparsemax": ckpt}, tmp_path / "an", batch_size=2)
+    rand = compare.analyze_models({"sparsemax": ckpt}, tmp_path / "an", random_init=True)
     assert folders["sparsemax"].name == "sparsemax"
     assert rand["sparsemax"].name == "sparsemax_random_init"
     summary = json.loads((folders["sparsemax"] / "summary.json").read_text())
     assert summary["meta"]["images"] == 3
     stamp = (folders["sparsemax"] / "summary.json").stat().st_mtime_ns
-    sparsity.analyze_models({"sparsemax": ckpt}, tmp_path / "an", batch_size=2)
+    compare.analyze_models({"sparsemax": ckpt}, tmp_path / "an", batch_size=2)
     assert (folders["sparsemax"] / "summary.json").stat().st_mtime_ns == stamp  # reused
     records = pd.read_parquet(folders["sparsemax"] / "records.parquet")
     cases = paibb.lowest_paibb_cases(records, n=3, layer=LAYERS[1])

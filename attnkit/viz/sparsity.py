@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from attnkit.analysis.tables import summary_table, to_latex, to_markdown
 from attnkit.viz.labels import (
     RANDOM_SUFFIX,
     layer_label,
@@ -28,14 +26,9 @@ from attnkit.viz.style import figsize
 
 __all__ = [
     "METRIC_LABELS",
-    "analyze_models",
-    "resolve_models",
-    "write_table",
     "SPARSITY_METRICS",
-    "export_tables",
     "head_frame",
     "layer_frame",
-    "load_records",
     "plot_head_heatmap",
     "plot_metric_by_layer",
     "plot_metric_distribution",
@@ -265,32 +258,6 @@ def plot_head_heatmap(
     return fig
 
 
-def load_records(
-    runs: Mapping[str, str | Path | pd.DataFrame],
-    columns: Sequence[str] = ("layer", "head", "gini", "zeros_ratio", "entropy"),
-    max_rows: int | None = 20_000,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """Rows of several ``records.parquet`` (run folders, files or frames) with a ``model`` column.
-
-    Only ``columns`` are read; each model keeps at most ``max_rows`` rows, drawn at random.
-    """
-    parts = []
-    for i, (name, run) in enumerate(runs.items()):
-        if isinstance(run, pd.DataFrame):
-            frame = run[list(columns)]
-        else:
-            path = Path(run)
-            path = path / "records.parquet" if path.is_dir() else path
-            frame = pd.read_parquet(path, columns=list(columns))
-        if max_rows is not None and len(frame) > max_rows:
-            frame = frame.sample(n=max_rows, random_state=seed + i)
-        parts.append(frame.assign(model=name))
-    if not parts:
-        return pd.DataFrame(columns=[*columns, "model"])
-    return pd.concat(parts, ignore_index=True)
-
-
 def _ecdf(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x = np.sort(values[~np.isnan(values)])
     return x, np.arange(1, len(x) + 1) / max(len(x), 1)
@@ -393,154 +360,3 @@ def _style_legend(models: Sequence[str], colors: Mapping[str, object]):
         ]
         labels += ["trained", "random init"]
     return handles, labels
-
-
-def _pretty_index(table: pd.DataFrame) -> pd.DataFrame:
-    """The model level of the index named as in legends (``entmax15`` -> ``1.5-entmax``)."""
-    names = table.index.names
-    out = table.copy()
-    out.index = table.index.map(
-        lambda i: (normalizer_label(i[0]), *i[1:]) if isinstance(i, tuple) else normalizer_label(i)
-    )
-    out.index.names = names
-    return out
-
-
-def write_table(
-    table: pd.DataFrame,
-    out_dir: str | Path,
-    name: str,
-    title: str,
-    caption: str,
-    precision: int = 3,
-    pretty: bool = True,
-) -> pd.DataFrame:
-    """Write ``table`` as ``out_dir/<name>.md`` (under a bold ``title``) and ``<name>.tex``.
-
-    With ``pretty`` the model names (first index level) are shown as in the legends; the
-    LaTeX file spells alpha as ``$\\alpha$``. Returns the table as written.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shown = _pretty_index(table) if pretty else table
-    (out_dir / f"{name}.md").write_text(f"**{title}**\n\n" + to_markdown(shown, precision))
-    latex = to_latex(shown, caption, f"tab:{name}", precision)
-    (out_dir / f"{name}.tex").write_text(latex.replace("α", r"$\alpha$"))
-    return shown
-
-
-def export_tables(
-    summaries: Mapping[str, dict],
-    metrics: Sequence[str],
-    out_dir: str | Path,
-    prefix: str = "",
-    per_head: bool = False,
-    precision: int = 3,
-) -> dict[str, pd.DataFrame]:
-    """Write one thesis table per metric (rows model, columns layer) with :func:`write_table`.
-
-    Files are ``out_dir/<prefix><metric>.{md,tex}``; layers are labelled ``layer k``.
-    Returns ``{metric: DataFrame}`` as written.
-    """
-    tables = {}
-    for metric in metrics:
-        layers = {k: layer_label(k) for k in _layers(summaries, metric)}
-        table = summary_table(summaries, metric, precision, per_head=per_head, layers=layers)
-        label = METRIC_LABELS.get(metric, metric)
-        tables[metric] = write_table(
-            table,
-            out_dir,
-            f"{prefix}{metric}",
-            f"{label} per layer (mean ± std over maps)",
-            f"{label} of the decoder cross-attention per layer (mean $\\pm$ std over maps).",
-            precision,
-        )
-    return tables
-
-
-def resolve_models(models: Sequence[str] | Mapping[str, str | Path]) -> dict[str, Path]:
-    """``{name: checkpoint}`` from shipped normalizer names or ``{name: checkpoint | run dir}``.
-
-    A run folder stands for its ``last.pt``.
-    """
-    from attnkit.models.reference import reference_checkpoint
-
-    if isinstance(models, str):
-        models = [models]
-    if not isinstance(models, Mapping):
-        return {str(name): reference_checkpoint(name) for name in models}
-    out = {}
-    for name, path in models.items():
-        path = Path(path).expanduser()
-        out[str(name)] = path / "last.pt" if path.is_dir() else path
-    return out
-
-
-def analyze_models(
-    models: Sequence[str] | Mapping[str, str | Path],
-    out_dir: str | Path,
-    random_init: bool = False,
-    max_images: int | None = None,
-    data_root: str | Path | None = None,
-    batch_size: int | None = None,
-    reuse: bool = True,
-    progress: bool = False,
-    device: str | None = None,
-) -> dict[str, Path]:
-    """Run ``attnkit analyze`` on each model (trained, or its random init) into ``out_dir/<name>``.
-
-    ``models`` as in :func:`resolve_models`. A random-init model is built from the checkpoint's
-    own config (same architecture, seed ``cfg.seed``) into ``out_dir/<name>_random_init``.
-    ``data_root`` switches to a COCO-format folder. With ``reuse`` a folder analysed before
-    with the same request is not recomputed. ``device``: None picks CUDA when available.
-    Returns ``{name: analysis folder}``.
-    """
-    import json
-
-    import torch
-
-    from attnkit.analysis.run_analysis import run_analysis
-    from attnkit.config import config_from_dict, save_config
-
-    overrides = {"data.name": "coco", "data.root": str(data_root)} if data_root else None
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    out = {}
-    for name, checkpoint in resolve_models(models).items():
-        folder = Path(out_dir) / (f"{name}_random_init" if random_init else name)
-        request = {
-            "checkpoint": str(Path(checkpoint).resolve()),
-            "mtime": Path(checkpoint).stat().st_mtime,
-            "random_init": random_init,
-            "max_images": max_images,
-            "data_root": str(data_root) if data_root else None,
-            "batch_size": batch_size,
-        }
-        request_file = folder / "request.json"
-        done = (folder / "summary.json").is_file() and (folder / "records.parquet").is_file()
-        if (
-            reuse
-            and done
-            and request_file.is_file()
-            and json.loads(request_file.read_text()) == request
-        ):
-            out[name] = folder
-            continue
-        folder.mkdir(parents=True, exist_ok=True)
-        kwargs = {"checkpoint": checkpoint}
-        if random_init:
-            ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-            cfg = config_from_dict(ckpt["config"], source=f"config inside {checkpoint}")
-            config = save_config(cfg, folder / "model_config.yaml")
-            kwargs = {"config": config, "random_init": True}
-        run_analysis(
-            folder,
-            overrides=overrides,
-            batch_size=batch_size,
-            max_images=max_images,
-            progress=progress,
-            device=device,
-            **kwargs,
-        )
-        request_file.write_text(json.dumps(request, indent=1))
-        out[name] = folder
-    return out
