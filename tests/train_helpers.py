@@ -18,6 +18,7 @@ TINY = {
     "data.batch_size": 2,
     "data.num_workers": 0,
     "model.backbone": "resnet18",
+    "model.pretrained_backbone": None,
     "model.hidden_dim": 32,
     "model.num_heads": 2,
     "model.enc_layers": 1,

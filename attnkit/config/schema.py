@@ -67,6 +67,11 @@ class DETRConfig:
     name: Literal["detr"] = "detr"
     backbone: str = "resnet50"
     dilation: bool = False
+    # Which stage's feature map the transformer reads (timm backbones): -1 the last (stride 32),
+    # -2 the one before (stride 16: small objects resolved, cheaper than dilation).
+    backbone_stage: int = -1
+    # A local weights file: a torchvision ResNet state dict or `attnkit pretrain-backbone`'s
+    # output; "{checkpoints}" stands for the shipped-checkpoints folder.
     pretrained_backbone: str | None = None
     # Zero the padded area before every backbone convolution, so an image's features do not
     # depend on the larger images of its batch. Off = official DETR (border features see padding).
@@ -119,6 +124,10 @@ class TrainConfig:
     amp: Literal["none", "bf16", "fp16"] = "none"
     grad_accum_steps: int = 1
     max_steps: int | None = None
+    # Fine-tuning: start from the weights of another run (a checkpoint or run folder) instead of
+    # a fresh initialisation, e.g. a softmax DETR into a sparsemax one as the thesis did from the
+    # official weights. Normalizer parameters the source lacks (pre_alpha) keep their init.
+    init_from: str | None = None
     checkpoint_every_steps: int | None = None
     eval_every_epochs: int = 1
     log_every_steps: int = 10

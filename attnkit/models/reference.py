@@ -19,10 +19,14 @@ import torch
 REFERENCE_NORMALIZERS = ("softmax", "sparsemax", "entmax15", "alpha_entmax")
 
 
+REPO_CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
+"""The repository's folder of shipped models."""
+
+
 def checkpoints_dir() -> Path:
     """``$ATTNKIT_CHECKPOINTS``, else the repository's ``checkpoints/`` folder."""
     env = os.environ.get("ATTNKIT_CHECKPOINTS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "checkpoints"
+    return Path(env) if env else REPO_CHECKPOINTS
 
 
 def reference_checkpoint(normalizer: str) -> Path:

@@ -24,6 +24,7 @@ from attnkit.data import build_dataset
 from attnkit.models import build_criterion, build_model
 from attnkit.models.build import build_postprocess
 from attnkit.models.detr import alpha_values
+from attnkit.models.loading import init_from_checkpoint
 from attnkit.train import distributed as dist_utils
 from attnkit.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from attnkit.train.logger import MetricsLogger
@@ -114,6 +115,10 @@ class Trainer:
         if resume:
             self._restore()
         else:
+            if cfg.train.init_from:
+                kept = init_from_checkpoint(self.model, cfg.train.init_from)
+                if kept and self.main:
+                    print(f"init_from {cfg.train.init_from}: kept the initial {', '.join(kept)}")
             seed_everything(cfg.seed + self.rank)  # different dropout per rank
             if self.main:
                 save_config(cfg, self.out_dir)

@@ -23,6 +23,8 @@ import torchvision
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from attnkit.models.detr.tiny_cnn import TinyCNN
+
 __all__ = ["Backbone", "RESNET_CHANNELS", "RESNET_DEPTHS"]
 
 RESNET_CHANNELS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
@@ -38,6 +40,10 @@ RESNET_DEPTHS = {
 
 TRAINED_RESNET_STAGES = ("layer2", "layer3", "layer4")
 """The ResNet stages official DETR trains; the stem and ``layer1`` stay frozen."""
+
+TRAINED_TINY_CNN_STAGES = ("stages.1", "stages.2", "stages.3")
+"""Likewise for ``tiny_cnn``: its full-resolution first stage stays as pre-trained (and costs no
+backward pass)."""
 
 
 class ResNetBody(nn.Module):
@@ -62,7 +68,7 @@ class ResNetBody(nn.Module):
 def _resnet_body(name: str, dilation: bool, from_scratch: bool = False) -> tuple[nn.Module, int]:
     if name not in RESNET_CHANNELS:
         raise ValueError(
-            f"unknown backbone {name!r}; use one of {', '.join(RESNET_CHANNELS)} "
+            f"unknown backbone {name!r}; use one of {', '.join(RESNET_CHANNELS)}, tiny_cnn "
             "or 'timm:<model name>' (e.g. 'timm:efficientnet_b0')"
         )
     if dilation and RESNET_DEPTHS[name][1] == "basic":
@@ -75,13 +81,16 @@ def _resnet_body(name: str, dilation: bool, from_scratch: bool = False) -> tuple
     return ResNetBody(resnet), RESNET_CHANNELS[name]
 
 
-def _timm_body(name: str, dilation: bool, from_scratch: bool = False) -> tuple[nn.Module, int, str]:
-    """A timm feature extractor of its last stage, its channels and the name of its stride-4 stage."""
+def _timm_body(
+    name: str, dilation: bool, from_scratch: bool = False, stage: int = -1
+) -> tuple[nn.Module, int, str]:
+    """A timm feature extractor of one stage (``-1``: the last), its channels and the name of
+    its stride-4 stage."""
     import timm
     from timm.layers import freeze_batch_norm_2d
 
     kw = {"output_stride": 16} if dilation else {}
-    body = timm.create_model(name, features_only=True, out_indices=(-1,), pretrained=False, **kw)
+    body = timm.create_model(name, features_only=True, out_indices=(stage,), pretrained=False, **kw)
     if not from_scratch:
         body = freeze_batch_norm_2d(body)
     stride4 = [info["module"] for info in body.feature_info.info if info["reduction"] <= 4]
@@ -105,18 +114,47 @@ def _timm_trained_prefixes(body: nn.Module, stride4: str) -> tuple[str, ...]:
     return tuple(names[last_frozen + 1 :])
 
 
+def resolve_weights_path(path: str | Path) -> Path:
+    """``path`` with ``{checkpoints}`` replaced by the shipped-checkpoints folder, ``~`` expanded.
+
+    Configs name shipped weights as ``{checkpoints}/<file>`` so they resolve from any working
+    directory (notebooks run inside ``notebooks/``). ``$ATTNKIT_CHECKPOINTS`` is looked at first;
+    a file it lacks is taken from the repository's ``checkpoints/`` folder.
+    """
+    text = str(path)
+    if "{checkpoints}" not in text:
+        return Path(text).expanduser()
+    from attnkit.models.reference import REPO_CHECKPOINTS, checkpoints_dir
+
+    first = Path(text.replace("{checkpoints}", str(checkpoints_dir())))
+    if first.is_file():
+        return first
+    return Path(text.replace("{checkpoints}", str(REPO_CHECKPOINTS)))
+
+
 def load_backbone_weights(body: nn.Module, path: str | Path) -> None:
-    """Load a torchvision ResNet state dict (``fc.*`` ignored) from a local file into ``body``."""
-    path = Path(path).expanduser()
+    """Load pretrained weights into ``body`` from a local file.
+
+    Accepted: a torchvision ResNet state dict (``fc.*`` ignored), or a file written by
+    ``attnkit pretrain-backbone`` (``{"body": state dict, ...}``) for any backbone.
+    """
+    path = resolve_weights_path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"pretrained_backbone: no file at {path}; give the path of a torchvision ResNet "
-            "state dict saved with torch.save (attnkit never downloads weights)"
+            "state dict saved with torch.save, or of `attnkit pretrain-backbone`'s output "
+            "(attnkit never downloads weights)"
         )
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+    if isinstance(state, dict) and isinstance(state.get("body"), dict):
+        state = state["body"]
+    elif isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    own = body.state_dict()
+    state = {
+        k: v.to(own[k].dtype) if k in own and v.is_floating_point() else v for k, v in state.items()
+    }
     result = body.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(
@@ -152,12 +190,15 @@ class Backbone(nn.Module):
     """DETR's backbone: last feature map of a frozen-BN CNN and the matching padding mask.
 
     Args:
-        name: ``resnet18``, ``resnet34``, ``resnet50``, ``resnet101`` (torchvision) or
+        name: ``resnet18``, ``resnet34``, ``resnet50``, ``resnet101`` (torchvision),
+            ``tiny_cnn`` (:mod:`attnkit.models.detr.tiny_cnn`, synthetic data) or
             ``timm:<name>`` for any timm model that supports ``features_only``.
         dilation: replace the stride of the last stage by dilation (DETR-DC5; output stride 16).
         train_backbone: train the backbone (official DETR: when ``lr_backbone > 0``); the stem
             and the first stage stay frozen either way, as in official DETR.
-        pretrained: optional local path of a torchvision ResNet state dict.
+        pretrained: optional local path of a torchvision ResNet state dict or of a backbone
+            pre-trained by ``attnkit pretrain-backbone`` (``{checkpoints}`` is expanded).
+        stage: the timm stage whose map is returned (``-1`` the last, ``-2`` the one before).
         mask_padding: zero the padded area before every convolution and pooling so that batch
             composition does not change an image's features (see the module docstring).
         from_scratch: trainable batch norm and every stage trained, for a backbone without
@@ -172,20 +213,36 @@ class Backbone(nn.Module):
         pretrained: str | Path | None = None,
         mask_padding: bool = False,
         from_scratch: bool = False,
+        stage: int = -1,
     ) -> None:
         super().__init__()
         self.name = name
         self.dilation = dilation
+        self.stage = stage
         self.train_backbone = train_backbone
         self.mask_padding = mask_padding
-        if name.startswith("timm:"):
+        if name == "tiny_cnn":
+            if stage != -1 or dilation:
+                raise ValueError("backbone tiny_cnn has one output (stride 16): no stage/dilation")
+            self.body = TinyCNN()
+            self.num_channels = self.body.num_channels
             if pretrained is not None:
-                raise ValueError("pretrained_backbone loads torchvision ResNets only")
+                load_backbone_weights(self.body, pretrained)
+            # Its first stage stays as pre-trained; from scratch everything trains (below).
+            trained = TRAINED_TINY_CNN_STAGES
+        elif name.startswith("timm:"):
             self.body, self.num_channels, stride4 = _timm_body(
-                name[len("timm:") :], dilation, from_scratch
+                name[len("timm:") :], dilation, from_scratch, stage
             )
+            if pretrained is not None:
+                load_backbone_weights(self.body, pretrained)
             trained = _timm_trained_prefixes(self.body, stride4)
         else:
+            if stage != -1:
+                raise ValueError(
+                    f"backbone_stage={stage}: torchvision ResNets give their last stage only "
+                    "(use dilation=true for stride 16, or a timm:<name> backbone)"
+                )
             self.body, self.num_channels = _resnet_body(name, dilation, from_scratch)
             if pretrained is not None:
                 load_backbone_weights(self.body, pretrained)
@@ -244,5 +301,5 @@ class Backbone(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"name={self.name}, dilation={self.dilation}, train_backbone={self.train_backbone}, "
-            f"mask_padding={self.mask_padding}"
+            f"mask_padding={self.mask_padding}, stage={self.stage}"
         )

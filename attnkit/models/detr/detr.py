@@ -119,6 +119,7 @@ def build_detr(model_cfg, train_backbone: bool = True) -> DETR:
     backbone = Backbone(
         model_cfg.backbone,
         dilation=model_cfg.dilation,
+        stage=model_cfg.backbone_stage,
         train_backbone=train_backbone,
         pretrained=model_cfg.pretrained_backbone,
         mask_padding=model_cfg.backbone_mask_padding,
