@@ -24,6 +24,7 @@ from attnkit.cli import main
         ["train"],
         ["eval"],
         ["analyze"],
+        ["pretrain-backbone"],
     ],
 )
 def test_every_command_has_help(argv, capsys):
@@ -64,3 +65,15 @@ def test_config_errors_are_one_clear_line(repo_root, capsys):
     assert main(["config", "show", base, "train.lrr=1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("attnkit: error:") and "did you mean 'train.lr'" in err
+
+
+def test_reference_recipe_help_and_base_first(capsys):
+    from attnkit.train import reference
+
+    with pytest.raises(SystemExit) as exit_:
+        reference.main(["--help"])
+    assert exit_.value.code == 0
+    assert "init_from" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # a fine-tuned model without its base run
+        reference.main(["--normalizers", "softmax", "--runs", "/nonexistent/runs"])
+    assert "train sparsemax first" in capsys.readouterr().err

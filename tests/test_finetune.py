@@ -8,6 +8,7 @@ import torch
 from attnkit.models import build_model
 from attnkit.models.loading import init_from_checkpoint
 from attnkit.train.loop import Trainer
+
 from train_helpers import tiny_config
 
 

@@ -134,3 +134,14 @@ def test_a_checkpoint_loads_without_its_pretrained_backbone_file(tmp_path):
     assert loaded_cfg.model.pretrained_backbone == str(weights)
     for name, value in loaded.state_dict().items():
         assert torch.equal(value, model.state_dict()[name]), name
+
+
+def test_shipped_backbone_fits_the_shapes_tiny_config():
+    from attnkit.config import load_config
+    from attnkit.models.reference import REPO_CHECKPOINTS
+
+    cfg = load_config(REPO_CHECKPOINTS.parent / "configs" / "detr" / "shapes_tiny_softmax.yaml")
+    path = REPO_CHECKPOINTS / "shapes_tiny_backbone.pt"
+    saved = torch.load(path, weights_only=True)
+    assert saved["backbone"] == cfg.model.backbone and saved["metrics"]["object_accuracy"] > 0.9
+    Backbone(cfg.model.backbone, pretrained=cfg.model.pretrained_backbone)  # loads strictly
