@@ -46,11 +46,18 @@ def _config(normalizer: str):
 
 
 def make_reference(
-    normalizer: str, runs: Path, overrides: list[str], progress: bool, command: str
+    normalizer: str,
+    runs: Path,
+    overrides: list[str],
+    progress: bool,
+    command: str,
+    base_overrides: list[str] = (),
 ) -> dict:
     """Train (or fine-tune) one model, evaluate it and export it; returns its AP metrics."""
     run_dir = runs / normalizer
-    if normalizer != BASE:
+    if normalizer == BASE:
+        overrides = [*base_overrides, *overrides]
+    else:
         overrides = [*FINETUNE, f"train.init_from={runs / BASE}", *overrides]
     cfg = load_config(_config(normalizer), overrides)
     train(cfg, run_dir, resume=(run_dir / "last.pt").exists(), progress=progress)
@@ -78,6 +85,10 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--pretrain-steps", type=int, default=1000, help="backbone pre-training steps"
     )
+    parser.add_argument(
+        "--base-epochs", type=int, help=f"epochs of the {BASE} base model (its config's if unset)"
+    )
+    parser.add_argument("--base-lr-drop", type=int, help="epoch of the base model's lr drop")
     parser.add_argument("overrides", nargs="*", help="config overrides for every model")
     args = parser.parse_args(argv)
     command = shlex.join(
@@ -94,10 +105,13 @@ def main(argv=None) -> int:
     order = sorted(args.normalizers, key=lambda n: n != BASE)  # the base model first
     if BASE not in order and not (runs / BASE / "last.pt").is_file():
         parser.error(f"the fine-tuned models start from {runs / BASE}: train {BASE} first")
+    base_overrides = [f"train.epochs={args.base_epochs}"] if args.base_epochs else []
+    if args.base_lr_drop:
+        base_overrides.append(f"train.lr_drop={args.base_lr_drop}")
     table = {}
     for normalizer in order:
         table[normalizer] = make_reference(
-            normalizer, runs, args.overrides, not args.quiet, command
+            normalizer, runs, args.overrides, not args.quiet, command, base_overrides
         )
         print(json.dumps({normalizer: table[normalizer]}, indent=1))
     print("| model | AP | AP50 | AP75 | AP_S | AP_M | AP_L |")
