@@ -76,23 +76,16 @@ def init_from_checkpoint(model, checkpoint: str | Path) -> list[str]:
         for k, v in state.items()
         if k in own and v.shape != own[k].shape
     ]
-    result = model.load_state_dict(state, strict=False) if not wrong else None
-    missing = [] if result is None else list(result.missing_keys)
-    unexpected = [] if result is None else list(result.unexpected_keys)
-    other_missing = [k for k in missing if not k.endswith(NORMALIZER_PARAMETERS)]
-    if wrong or other_missing or unexpected:
+    if wrong:
         raise ValueError(
-            f"train.init_from: {path} holds another architecture: "
-            + "; ".join(
-                part
-                for part in (
-                    f"shapes differ for {wrong[:3]}" if wrong else "",
-                    f"missing {other_missing[:3]} ({len(other_missing)} in all)"
-                    if other_missing
-                    else "",
-                    f"unexpected {unexpected[:3]} ({len(unexpected)} in all)" if unexpected else "",
-                )
-                if part
-            )
+            f"train.init_from: {path} holds another architecture: shapes differ for {wrong[:3]}"
         )
-    return missing
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith(NORMALIZER_PARAMETERS)]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"train.init_from: {path} holds another architecture: missing {missing[:3]} "
+            f"({len(missing)} in all), unexpected {result.unexpected_keys[:3]} "
+            f"({len(result.unexpected_keys)} in all)"
+        )
+    return list(result.missing_keys)

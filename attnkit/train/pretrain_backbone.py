@@ -35,6 +35,7 @@ from attnkit.data.coco import CocoDetection
 from attnkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from attnkit.models.detr.backbone import Backbone
 from attnkit.train.checkpoint import save_checkpoint
+from attnkit.train.distributed import pick_device
 from attnkit.train.step import seed_everything
 
 __all__ = ["CropClassifier", "object_crops", "pretrain_backbone"]
@@ -167,7 +168,7 @@ def crop_accuracy(model: CropClassifier, crops, labels, batch_size: int = 256) -
 def pretrain_backbone(
     cfg,
     out_path: str | Path,
-    steps: int = 1500,
+    steps: int = 1000,
     batch_size: int = 128,
     lr: float = 2e-3,
     weight_decay: float = 5e-4,
@@ -176,8 +177,9 @@ def pretrain_backbone(
 ) -> dict:
     """Train ``cfg.model``'s backbone to classify crops of ``cfg.data``; save it to ``out_path``.
 
-    AdamW with cosine decay over ``steps``. Returns the metrics (also written beside the file as
-    ``.json``): accuracy on crops of the validation split.
+    AdamW under a one-cycle schedule (10 % warm-up, then cosine decay) over ``steps``, on
+    ``cfg.train.device``. Returns the metrics (also written beside the file as ``.json``):
+    accuracy on crops of the validation split.
     """
     seed_everything(cfg.seed)
     root = dataset_root(cfg.data)
@@ -186,7 +188,10 @@ def pretrain_backbone(
     val_set = CocoDetection(root, cfg.data.val_split)
     crops, labels = object_crops(train_set, crop_size, seed=cfg.seed, progress=progress)
     val_crops, val_labels = object_crops(val_set, crop_size, seed=cfg.seed + 1)
-    model = CropClassifier(cfg.model)
+    device = pick_device(cfg.train.device)
+    crops, labels = crops.to(device), labels.to(device)  # uint8: the whole set fits
+    val_crops, val_labels = val_crops.to(device), val_labels.to(device)
+    model = CropClassifier(cfg.model).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=lr, total_steps=steps, pct_start=0.1
@@ -195,7 +200,7 @@ def pretrain_backbone(
     losses = []
     bar = tqdm(range(steps), desc="pretrain backbone", disable=not progress)
     for step in bar:
-        pick = torch.randint(len(crops), (batch_size,), generator=generator)
+        pick = torch.randint(len(crops), (batch_size,), generator=generator).to(device)
         inputs = _normalise(_augment(crops[pick], generator))  # [B, 3, s, s]
         loss = F.cross_entropy(model(inputs), labels[pick])
         if not torch.isfinite(loss):
