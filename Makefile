@@ -8,7 +8,7 @@ STAMP := $(VENV)/.attnkit-installed
 PROFILE ?= default
 PYTEST_ARGS ?=
 
-.PHONY: help venv workbook test test-slow lint format reference-models clean
+.PHONY: help venv workbook test test-slow lint format reference-models docs-figures clean
 
 help:
 	@echo "make workbook   set up .venv if needed, then run the workbook (PROFILE=$(PROFILE))"
@@ -18,6 +18,7 @@ help:
 	@echo "make format     ruff format + ruff check --fix"
 	@echo "make venv       only set up the environment"
 	@echo "make reference-models  retrain checkpoints/shapes_tiny_*.pt"
+	@echo "make docs-figures      redraw the README's figures (docs/) from the shipped models"
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +52,22 @@ format: $(STAMP)
 # Retrain the shipped models (hours on a laptop CPU, minutes on a GPU: add ARGS=train.device=cuda).
 reference-models: $(STAMP)
 	$(PY) -m attnkit.train.reference $(ARGS)
+
+# The README's tour figures: the workbook's reference profile (no training: notebooks 00 and
+# 02-06 on the shipped models), one figure per notebook copied to docs/ (01_losses.png comes from
+# a `make workbook` run: notebook 01 trains).
+DOCS_RUN := runs/workbook/reference
+DOCS_FIGURES := 00_dataset/00_samples 02_attention_maps/02_models_img1_* \
+	03_hungarian_matching/03_matching_img1 04_sparsity/04_sparsity_per_layer \
+	05_paibb/05_paibb_per_layer 06_alpha_entmax/06_alpha_heatmap
+docs-figures: $(STAMP)
+	$(VENV)/bin/attnkit workbook run --profile reference --out $(DOCS_RUN)
+	@for f in $(DOCS_FIGURES); do \
+		src=$$(ls $(DOCS_RUN)/figures/$$f.png 2>/dev/null | head -n 1); \
+		test -n "$$src" || { echo "no figure $$f.png in $(DOCS_RUN)" >&2; exit 1; }; \
+		name=$$(basename $$f | sed 's/_img1.*//'); \
+		cp $$src docs/$$name.png || exit 1; echo "docs/$$name.png <- $$src"; \
+	done
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

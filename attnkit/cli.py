@@ -28,6 +28,8 @@ from pathlib import Path
 
 import yaml
 
+from attnkit.workbook import PROFILES
+
 BENCHMARKS = {
     "normalizers": "attnkit.bench.normalizers",
     "train_step": "attnkit.bench.train_step",
@@ -316,7 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
     run = wb_sub.add_parser(
         "run", help="execute the workbook into runs/workbook/<timestamp>/ with summary.md"
     )
-    run.add_argument("--profile", choices=["smoke", "default", "gpu"], default="default")
+    run.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default="default",
+        help="smoke: seconds (tests); default: the main job, a short training then the analyses; "
+        "gpu: COCO on a GPU server; reference: no training, analyses the shipped models "
+        "(checkpoints/shapes_tiny_*.pt). Default: %(default)s",
+    )
     run.add_argument("--only", help="comma-separated notebook ids, e.g. 00,02")
     run.add_argument(
         "-p",

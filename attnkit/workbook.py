@@ -2,11 +2,12 @@
 
 ``notebooks/workbook.yaml`` lists the notebooks in order. Each entry has ``parameters`` (for every
 profile), an optional ``sweep`` (parameter -> list of values: one run per combination) and
-``profiles`` (``smoke`` / ``default`` / ``gpu`` -> ``{parameters: ..., sweep: ...}`` replacing the
-entry's). The runner injects ``figures_dir``, ``run_dir`` and ``workbook_dir`` into notebooks
-that declare them (and replaces ``{workbook_dir}`` in string parameters, so a notebook can read
-what an earlier one wrote), executes every run into ``out/``, goes on past failures (papermill keeps the
-failing cell in the executed notebook) and writes ``summary.md`` and ``workbook.json``.
+``profiles`` (one of :data:`PROFILES` -> ``{parameters: ..., sweep: ..., skip: ...}`` replacing
+the entry's; ``skip: true`` leaves the notebook out of that profile). The runner injects
+``figures_dir``, ``run_dir`` and ``workbook_dir`` into notebooks that declare them (and replaces
+``{workbook_dir}`` in string parameters, so a notebook can read what an earlier one wrote),
+executes every run into ``out/``, goes on past failures (papermill keeps the failing cell in the
+executed notebook) and writes ``summary.md`` and ``workbook.json``.
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ from typing import Any
 
 import yaml
 
-PROFILES = ("smoke", "default", "gpu")
+PROFILES = ("smoke", "default", "gpu", "reference")
+"""smoke: seconds, for the tests; default: the main job on the synthetic data (a short training);
+gpu: COCO on a GPU server; reference: no training, analyses the shipped reference models."""
 INJECTED = ("figures_dir", "run_dir", "workbook_dir")
 ENTRY_KEYS = {"id", "notebook", "parameters", "sweep", "profiles", "description"}
+PROFILE_KEYS = {"parameters", "sweep", "skip"}
 
 
 class WorkbookError(ValueError):
@@ -75,11 +79,17 @@ def load_workbook(path: str | Path) -> dict:
             raise WorkbookError(f"{path}: entry {entry.get('id')!r} has unknown keys {unknown}")
         if "id" not in entry or "notebook" not in entry:
             raise WorkbookError(f"{path}: every entry needs 'id' and 'notebook': {entry}")
-        for profile in entry.get("profiles", {}) or {}:
+        for profile, chosen in (entry.get("profiles", {}) or {}).items():
             if profile not in PROFILES:
                 raise WorkbookError(
                     f"{path}: entry {entry['id']!r}: unknown profile {profile!r} "
                     f"(profiles: {', '.join(PROFILES)})"
+                )
+            unknown = set(chosen or {}) - PROFILE_KEYS
+            if unknown:
+                raise WorkbookError(
+                    f"{path}: entry {entry['id']!r}, profile {profile!r}: unknown keys {unknown} "
+                    f"(allowed: {', '.join(sorted(PROFILE_KEYS))})"
                 )
     return spec
 
@@ -129,6 +139,8 @@ def plan_runs(
         notebook = (workbook.parent / entry["notebook"]).resolve()
         declared = notebook_parameters(notebook)
         chosen = (entry.get("profiles") or {}).get(profile) or {}
+        if chosen.get("skip"):
+            continue
         params = {**(entry.get("parameters") or {}), **(chosen.get("parameters") or {})}
         sweep = dict(chosen.get("sweep", entry.get("sweep")) or {})
         where = f"{workbook}: notebook {entry['id']} ({profile})"

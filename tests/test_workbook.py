@@ -64,6 +64,34 @@ def test_plan_expands_sweeps_profiles_and_overrides(tiny_workbook):
     ]
 
 
+def test_a_profile_can_skip_a_notebook(tiny_workbook):
+    spec = yaml.safe_load(tiny_workbook.read_text())
+    spec["notebooks"][1]["profiles"] = {"reference": {"skip": True}}
+    tiny_workbook.write_text(yaml.safe_dump(spec))
+    assert [r.id for r in plan_runs(tiny_workbook, "reference")] == ["00", "00", "02"]
+    assert [r.id for r in plan_runs(tiny_workbook, "default")] == ["00", "00", "01", "02"]
+
+
+def test_unknown_profile_key_is_refused(tiny_workbook):
+    spec = yaml.safe_load(tiny_workbook.read_text())
+    spec["notebooks"][1]["profiles"] = {"smoke": {"skipp": True}}
+    tiny_workbook.write_text(yaml.safe_dump(spec))
+    with pytest.raises(WorkbookError, match="unknown keys .*skipp"):
+        plan_runs(tiny_workbook, "smoke")
+
+
+def test_reference_profile_trains_nothing_and_analyses_the_shipped_models(repo_root):
+    runs = plan_runs(repo_root / "notebooks" / "workbook.yaml", "reference")
+    assert "01" not in [r.id for r in runs]
+    shipped = ["softmax", "sparsemax", "entmax15", "alpha_entmax"]
+    for run in runs:
+        params = run.parameters
+        assert "{workbook_dir}" not in json.dumps(params), run.name  # nothing from notebook 01
+        if "models" in params:
+            assert params["models"] == shipped, run.name
+    assert {r.id: r.parameters for r in runs}["06"]["run"] is None  # the shipped training log
+
+
 @pytest.mark.parametrize(
     "kwargs, fragment",
     [
