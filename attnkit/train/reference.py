@@ -15,8 +15,8 @@ The recipe has three stages, each skipped when its output exists (runs resume wh
    2-core CPU there is no time to train four DETRs from scratch to a useful AP).
 
 Each model is evaluated with pycocotools and exported to ``checkpoints/shapes_tiny_<n>.pt``
-(fp16 weights, config, provenance) with its training log. A GPU makes this minutes instead of
-an hour (``train.device=cuda``).
+(fp16 weights, config, provenance) with its training log. On a 2-core CPU the whole recipe takes
+about 1 h 40 min (the base model 82 min); ``train.device=cuda`` runs it on a GPU.
 """
 
 from __future__ import annotations
