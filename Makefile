@@ -58,7 +58,7 @@ reference-models: $(STAMP)
 # a `make workbook` run: notebook 01 trains).
 DOCS_RUN := runs/workbook/reference
 DOCS_FIGURES := 00_dataset/00_samples 02_attention_maps/02_models_img1_* \
-	03_hungarian_matching/03_matching_img1 04_sparsity/04_sparsity_per_layer \
+	03_hungarian_matching/03_costs_img1 04_sparsity/04_sparsity_per_layer \
 	05_paibb/05_paibb_per_layer 06_alpha_entmax/06_alpha_heatmap
 docs-figures: $(STAMP)
 	$(VENV)/bin/attnkit workbook run --profile reference --out $(DOCS_RUN)
