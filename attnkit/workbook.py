@@ -156,6 +156,10 @@ def plan_runs(
             sweep_values = dict(zip(keys, values))
             name = _run_name(str(entry["id"]), notebook, sweep_values)
             runs.append(NotebookRun(str(entry["id"]), notebook, name, {**params, **sweep_values}))
+    if not runs:
+        raise WorkbookError(
+            f"profile {profile!r} runs none of the selected notebooks (they are skipped there)"
+        )
     unused = set(overrides) - used
     if unused:
         raise WorkbookError(

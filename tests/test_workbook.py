@@ -70,6 +70,8 @@ def test_a_profile_can_skip_a_notebook(tiny_workbook):
     tiny_workbook.write_text(yaml.safe_dump(spec))
     assert [r.id for r in plan_runs(tiny_workbook, "reference")] == ["00", "00", "02"]
     assert [r.id for r in plan_runs(tiny_workbook, "default")] == ["00", "00", "01", "02"]
+    with pytest.raises(WorkbookError, match="runs none of the selected notebooks"):
+        plan_runs(tiny_workbook, "reference", only=["01"])
 
 
 def test_unknown_profile_key_is_refused(tiny_workbook):
