@@ -206,6 +206,11 @@ def test_loss_curves_plot_the_logged_values_with_normalizer_colours():
     assert list(data[1].get_xdata()) == list(range(1, 7))
     drops = [line for line in ax.lines if len(set(line.get_xdata())) == 1]
     assert [line.get_xdata()[0] for line in drops] == [7]  # only sparsemax ran past the drop
+    long_run = [dict(r, step=25 * r["step"]) for r in records]  # steps 25..250: crowded ticks
+    step_axis = curves.plot_loss_curves(long_run).axes[0]
+    lo, hi = step_axis.get_xlim()
+    ticks = [t for t in step_axis.get_xticks() if lo <= t <= hi]
+    assert 2 <= len(ticks) <= 5 and all(float(t).is_integer() for t in ticks)
     smoothed = curves.plot_loss_curves(records, smoothing=0.8, components=["loss_ce"])
     assert len(smoothed.axes) == 1 and len(smoothed.axes[0].lines) >= 2  # raw + smoothed
     with pytest.raises(ValueError):

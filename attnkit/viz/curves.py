@@ -111,8 +111,11 @@ def smooth(values: Sequence[float], weight: float = 0.0) -> np.ndarray:
 
 
 def _mark_lr_drops(ax, drops: Mapping[str, list[int]], colors: Mapping[str, object]) -> None:
-    """One dashed line per distinct drop step; grey when every run drops there."""
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    """One dashed line per distinct drop step; grey when every run drops there.
+
+    Also sets the step axis to at most 5 whole-number ticks: four panels a row leave no room for
+    more (matplotlib's default ran "0 25 50 ... 200" together)."""
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
     steps = sorted({s for v in drops.values() for s in v})
     for step in steps:
         owners = [n for n, v in drops.items() if step in v]
