@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from attnkit.cli import main
+from attnkit.models.reference import REFERENCE_NORMALIZERS
 from attnkit.workbook import WorkbookError, plan_runs, run_workbook
 
 
@@ -85,7 +86,7 @@ def test_unknown_profile_key_is_refused(tiny_workbook):
 def test_reference_profile_trains_nothing_and_analyses_the_shipped_models(repo_root):
     runs = plan_runs(repo_root / "notebooks" / "workbook.yaml", "reference")
     assert "01" not in [r.id for r in runs]
-    shipped = ["softmax", "sparsemax", "entmax15", "alpha_entmax"]
+    shipped = list(REFERENCE_NORMALIZERS)
     for run in runs:
         params = run.parameters
         assert "{workbook_dir}" not in json.dumps(params), run.name  # nothing from notebook 01
