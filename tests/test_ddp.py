@@ -10,7 +10,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from attnkit.data.coco import Batch
-from attnkit.models import build_criterion, build_model
+from attnkit.models import build_model
+from attnkit.tasks import build_criterion
 from attnkit.train.step import seed_everything, train_step
 
 from train_helpers import tiny_config

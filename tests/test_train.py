@@ -30,7 +30,7 @@ def test_param_groups_follow_the_reference_recipe():
     assert alpha_ids and alpha_ids == {id(p) for p in groups["alpha"]["params"]}
     names = {id(p): n for n, p in model.named_parameters()}
     assert all(names[id(p)].startswith("backbone.") for p in groups["backbone"]["params"])
-    sched = build_scheduler(opt, cfg.train)
+    sched = build_scheduler(opt, cfg.train, steps_per_epoch=1)
     for _ in range(2):
         opt.step()  # no gradients: a no-op, but the scheduler expects it first
         sched.step()

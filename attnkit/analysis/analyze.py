@@ -1,18 +1,24 @@
-"""One streamed eval pass that scores DETR's attention: Gini, zeros ratio, entropy, PAIBB.
+"""One streamed eval pass that scores the attention of any family's model.
 
-For every batch the recorder captures the chosen attention modules (by default the decoder
-cross-attention of every layer); the maps are scored at once and dropped, so memory does not
-grow with the dataset. Following DESIGN.md's pitfalls:
+For every batch the recorder captures the chosen attention modules (the family's default sites,
+e.g. DETR's decoder cross-attention or every ViT block); every call of every module is scored at
+once and dropped, so memory does not grow with the dataset. Following DESIGN.md's pitfalls:
 
 - every query is scored, not only confident detections (3);
-- metrics are computed per map and per head, never on head-averaged maps unless asked (1, 2);
-- padded keys are excluded, and PAIBB maps are cropped to each image's unpadded grid before
-  upsampling to its original size (4, 9);
-- boxes stay in float pixels of the original image; no rounding (5).
+- metrics are computed per map and per head, never on head-averaged maps (1, 2);
+- padded keys are excluded (4, 9).
 
-Outputs: ``records.parquet`` (one row per image x layer x head x query with every metric;
-PAIBB on the Hungarian-matched queries) and ``summary.json``
-(``{metric: {layer: {"mean", "std", "per_head": [...]}}}`` plus ``paibb_by_size``).
+Generic map metrics run on any record: Gini, zeros ratio, entropy, support, and, for
+self-attention over an image grid (queries = keys), the attention distance in pixels. Task
+scorers plug in (``Family.scorers``): PAIBB for detection.
+
+A layout note: a record's weights are ``[N, H, Q, K]`` where ``N`` is the batch or, for windowed
+attention, batch x windows (then ``window`` numbers the windows of an image); ``key_grid``
+describes the last ``h * w`` keys and ``meta["prefix_tokens"]`` the tokens before them.
+
+Outputs: ``records.parquet`` (one row per image x window x site x head x query with every
+metric and the scorers' columns) and ``summary.json``
+(``{metric: {layer: {"mean", "std", "per_head": [...]}}}`` plus what scorers add).
 """
 
 from __future__ import annotations
@@ -20,169 +26,165 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torchvision.ops import box_convert
 
-from attnkit.analysis.metrics import RunningStats, entropy, gini, support_size, zeros_ratio
-from attnkit.analysis.paibb import box_and_total_mass, crop_to_unpadded, mass_ratio
-from attnkit.analysis.recorder import AttentionRecorder
-from attnkit.data.stats import SIZE_BUCKETS, size_bucket
+from attnkit.analysis.metrics import (
+    RunningStats,
+    attention_distance,
+    entropy,
+    gini,
+    support_size,
+    zeros_ratio,
+)
+from attnkit.analysis.recorder import AttentionRecord, AttentionRecorder
 
-DEFAULT_LAYERS = ["*decoder.layers.*.multihead_attn"]
-CROSS_ATTENTION_SUFFIX = "multihead_attn"
 DENSE_THRESHOLD = 1e-6  # the thesis's zero threshold for dense (softmax) maps
-MAP_METRICS = ("gini", "zeros_ratio", "entropy", "support")
+MAP_METRICS = ("gini", "zeros_ratio", "entropy", "support", "distance")
 
 
 @dataclass
 class AnalysisOptions:
-    layers: list[str] | None = None  # recorder include patterns
+    layers: list[str] | tuple[str, ...] | None = None  # recorder include patterns; None: all
     zero_threshold: float | None = None  # None: exact zeros for sparse maps, 1e-6 for softmax
 
 
-def _threshold_for(module, options: AnalysisOptions) -> float | None:
+class Scorer(Protocol):
+    """A task-specific attention score (PAIBB) that plugs into :class:`AttentionAnalysis`."""
+
+    columns: dict[str, Any]
+    """Its row columns and their value where it does not apply (fixed parquet schema)."""
+
+    def prepare(self, outputs, batch) -> Any:
+        """Per-batch context (Hungarian matches, say), computed once for all sites."""
+
+    def score(
+        self, name: str, record: AttentionRecord, batch, context, stats: RunningStats
+    ) -> dict[str, np.ndarray] | None:
+        """Columns ``[N, H, Q]`` for this site (None: not applicable); updates ``stats``."""
+
+
+def _threshold_for(record: AttentionRecord, module, options: AnalysisOptions) -> float | None:
     if options.zero_threshold is not None:
         return options.zero_threshold
     name = getattr(getattr(module, "normalizer", None), "name", "softmax")
     return DENSE_THRESHOLD if name == "softmax" else None
 
 
-def _original_boxes(target: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ground-truth boxes as float xyxy pixels of the original image, and their original areas."""
-    oh, ow = (int(v) for v in target["orig_size"])
-    h, w = (int(v) for v in target["size"])
-    boxes = box_convert(target["boxes"].float(), "cxcywh", "xyxy")
-    boxes = boxes * torch.tensor([ow, oh, ow, oh], dtype=torch.float32)  # [T, 4]
-    areas = target["area"].float() * (oh * ow) / (h * w)  # undo the resize's area scaling
-    return boxes, areas
+def _distance(weights: torch.Tensor, record: AttentionRecord, image_hw) -> torch.Tensor:
+    """Mean attention distance in pixels ``[N, H, Q]`` of grid self-attention; NaN elsewhere."""
+    n, h, q, k = weights.shape
+    grid = record.key_grid
+    prefix = int(record.meta.get("prefix_tokens", 0))
+    out = torch.full((n, h, q), float("nan"))
+    if grid is None or q != k or k != prefix + grid[0] * grid[1]:
+        return out
+    cell = (image_hw[0] / grid[0], image_hw[1] / grid[1])  # pixels per grid cell
+    out[:, :, prefix:] = attention_distance(weights[:, :, prefix:, prefix:], grid, cell_size=cell)
+    return out
+
+
+def site_key(record: AttentionRecord) -> str:
+    """The layer key of a record: the module name, with ``[call]`` after its first call."""
+    return record.name if record.call == 0 else f"{record.name}[{record.call}]"
 
 
 class AttentionAnalysis:
-    """Accumulates per-layer, per-head statistics (and optional row records) batch by batch."""
+    """Accumulates per-site, per-head statistics (and optional row records) batch by batch."""
 
-    def __init__(self, model, matcher, options: AnalysisOptions | None = None, row_sink=None):
+    def __init__(self, model, scorers=(), options: AnalysisOptions | None = None, row_sink=None):
         """``row_sink(columns)`` receives each batch's rows as a dict of equal-length arrays."""
-        self.model, self.matcher = model, matcher
+        self.model, self.scorers = model, list(scorers)
         self.options = options or AnalysisOptions()
         self.stats = RunningStats()
         self.row_sink = row_sink
         self.layers: list[str] = []
+        self.sites: dict[str, str] = {}
         self.modules = dict(model.named_modules())
+        self.images_seen = 0
 
     @torch.no_grad()
     def update(self, batch) -> None:
-        recorder = AttentionRecorder(self.model, include=self.options.layers or DEFAULT_LAYERS)
+        recorder = AttentionRecorder(self.model, include=self.options.layers)
         with recorder:
-            outputs = self.model(batch.images, batch.mask)
-        matches = self.matcher(outputs, batch.targets)
-        for name, records in recorder.records.items():
-            if name not in self.layers:
-                self.layers.append(name)
-            self._score_layer(name, records[-1], batch, matches, outputs["pred_logits"].shape[1])
+            outputs = self.model(**batch.inputs)
+        contexts = [s.prepare(outputs, batch) for s in self.scorers]
+        ids = getattr(batch, "image_ids", None)
+        if ids is None:
+            ids = list(range(self.images_seen, self.images_seen + len(batch)))
+        self.images_seen += len(batch)
+        image_hw = tuple(batch.inputs["images"].shape[-2:])
+        for records in recorder.records.values():
+            for record in records:
+                self._score(record, batch, contexts, ids, image_hw)
 
-    def _score_layer(self, name, record, batch, matches, num_queries: int) -> None:
-        weights = record.weights.float()  # [B, H, Q, K]
-        kpm = record.key_padding_mask  # [B, K] or None
-        mask = None if kpm is None else kpm[:, None, None, :]  # [B, 1, 1, K]
-        threshold = _threshold_for(self.modules[name], self.options)
+    def _score(self, record, batch, contexts, ids, image_hw) -> None:
+        key = site_key(record)
+        if key not in self.layers:
+            self.layers.append(key)
+            self.sites[key] = record.site or record.name
+        weights = record.weights.float()  # [N, H, Q, K]
+        kpm = record.key_padding_mask  # [N, K] or None
+        mask = None if kpm is None else kpm[:, None, None, :]  # [N, 1, 1, K]
+        threshold = _threshold_for(record, self.modules.get(record.name), self.options)
         values = {
             "gini": gini(weights, mask),
             "zeros_ratio": zeros_ratio(weights, threshold, mask),
             "entropy": entropy(weights, mask),
             "support": support_size(weights, mask).float(),
-        }  # each [B, H, Q]
+            "distance": _distance(weights, record, image_hw),
+        }  # each [N, H, Q]
         for metric, v in values.items():
-            self.stats.update((metric, name), v, keep_dim=1)
-        # PAIBB needs the object queries' maps over the image grid: DETR's decoder
-        # cross-attention (``multihead_attn``), not the self-attention of any layer.
-        is_cross = (
-            name.endswith(CROSS_ATTENTION_SUFFIX)
-            and record.key_grid is not None
-            and weights.shape[2] == num_queries
-        )
-        paibb_per_image = (
-            self._paibb(name, record, weights, batch, matches) if is_cross else [None] * len(batch)
-        )
+            if not (metric == "distance" and torch.isnan(v).all()):
+                self.stats.update((metric, key), v, keep_dim=1)
+        extra = {}
+        for scorer, context in zip(self.scorers, contexts):
+            extra.update(scorer.score(key, record, batch, context, self.stats) or {})
         if self.row_sink is not None:
-            self._add_rows(name, values, paibb_per_image, batch)
+            self._add_rows(key, values, extra, ids)
 
-    def _paibb(self, name, record, weights, batch, matches) -> list:
-        """PAIBB of the matched pairs of each image: ``[(queries, gt, [P, H], buckets)]``.
-
-        Statistics are updated once per batch (per head, head-averaged, by size bucket).
-        """
-        out, per_head_all, head_avg_all, buckets_all = [], [], [], []
-        kpm = record.key_padding_mask
-        for b, (q_idx, t_idx) in enumerate(matches):
-            if len(q_idx) == 0:
-                out.append(None)
-                continue
-            maps = weights[b, :, q_idx, :].transpose(0, 1)  # [P, H, K]
-            pad = kpm[b] if kpm is not None else torch.zeros(maps.shape[-1], dtype=torch.bool)
-            maps = crop_to_unpadded(maps, record.key_grid, pad)  # [P, H, hv, wv]
-            boxes, areas = _original_boxes(batch.targets[b])
-            size = tuple(int(v) for v in batch.targets[b]["orig_size"])
-            inside, total = box_and_total_mass(maps, size, boxes[t_idx])  # [P, H] each
-            per_head = mass_ratio(inside, total, maps)  # [P, H]
-            head_avg_all.append(mass_ratio(inside.mean(1), total.mean(1), maps))  # [P]
-            buckets = [size_bucket(a) for a in areas[t_idx].tolist()]
-            per_head_all.append(per_head)
-            buckets_all += buckets
-            out.append((q_idx, t_idx, per_head, buckets))
-        if per_head_all:
-            per_head = torch.cat(per_head_all)  # [sum P, H]
-            self.stats.update(("paibb", name), per_head, keep_dim=1)
-            self.stats.update(("paibb_head_avg", name), torch.cat(head_avg_all))
-            for bucket in SIZE_BUCKETS:
-                sel = torch.tensor([bk == bucket for bk in buckets_all], dtype=torch.bool)
-                if sel.any():
-                    self.stats.update(("paibb_by_size", name, bucket), per_head[sel], keep_dim=1)
-        return out
-
-    def _add_rows(self, name, values, paibb_per_image, batch) -> None:
-        """One row per image x head x query of this layer, as columns (no per-row Python)."""
-        B, H, Q = values["gini"].shape
-        gt_index = torch.full((B, H, Q), -1, dtype=torch.int64)
-        paibb_col = torch.full((B, H, Q), float("nan"))
-        bucket_col = np.full((B, H, Q), "", dtype=object)
-        for b, item in enumerate(paibb_per_image):
-            if item is not None:
-                q_idx, t_idx, per_head, buckets = item
-                gt_index[b, :, q_idx] = t_idx
-                paibb_col[b, :, q_idx] = per_head.T.float()  # [H, P]
-                bucket_col[b][:, q_idx.numpy()] = np.asarray(buckets, dtype=object)[None, :]
-        image_ids = torch.tensor([int(t["image_id"]) for t in batch.targets])
-        grid = torch.meshgrid(image_ids, torch.arange(H), torch.arange(Q), indexing="ij")
+    def _add_rows(self, key, values, extra, ids) -> None:
+        """One row per image x window x head x query of this site, as columns."""
+        N, H, Q = values["gini"].shape
+        windows = N // len(ids)
+        lead = torch.arange(N)
+        image = torch.tensor(ids, dtype=torch.int64)[lead // windows]  # [N]
+        grid = torch.meshgrid(lead, torch.arange(H), torch.arange(Q), indexing="ij")
+        size = N * H * Q
         columns = {
-            "image_id": grid[0].reshape(-1).numpy(),
-            "layer": np.full(B * H * Q, name, dtype=object),
+            "image_id": image[grid[0]].reshape(-1).numpy(),
+            "window": (grid[0] % windows).reshape(-1).numpy(),
+            "layer": np.full(size, key, dtype=object),
+            "site": np.full(size, self.sites[key], dtype=object),
             "head": grid[1].reshape(-1).numpy(),
             "query": grid[2].reshape(-1).numpy(),
             **{m: values[m].reshape(-1).numpy() for m in MAP_METRICS},
-            "gt_index": gt_index.reshape(-1).numpy(),
-            "paibb": paibb_col.reshape(-1).numpy(),
-            "size_bucket": bucket_col.reshape(-1),
         }
+        for scorer in self.scorers:
+            for column, default in scorer.columns.items():
+                given = extra.get(column)
+                columns[column] = (
+                    np.asarray(given).reshape(-1)
+                    if given is not None
+                    else np.full(size, default, dtype=object if isinstance(default, str) else None)
+                )
         self.row_sink(columns)
 
     def summary(self) -> dict:
-        """``{metric: {layer: {"mean", "std", "per_head", ...}}}`` and ``paibb_by_size``."""
+        """``{metric: {layer: {"mean", "std", "per_head", ...}}}``; nested keys for sub-groups."""
         out: dict = {}
         for key in self.stats.keys():  # noqa: SIM118 - RunningStats is not iterable
-            result = self.stats.result(key)
-            if key[0] == "paibb_by_size":
-                _, layer, bucket = key
-                out.setdefault("paibb_by_size", {}).setdefault(layer, {})[bucket] = result
-            else:
-                metric, layer = key
-                out.setdefault(metric, {})[layer] = result
+            node = out
+            for part in key[:-1]:
+                node = node.setdefault(part, {})
+            node[key[-1]] = self.stats.result(key)
         return out
 
 
 class ParquetRows:
-    """Streams row batches into ``records.parquet`` (one row group per batch and layer)."""
+    """Streams row batches into ``records.parquet`` (one row group per batch and site)."""
 
     def __init__(self, path: Path):
         self.path, self.writer = path, None

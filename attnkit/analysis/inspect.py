@@ -19,11 +19,12 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torchvision.ops import box_convert, box_iou
+from torchvision.ops import box_iou
 
 from attnkit.analysis.paibb import crop_to_unpadded
 from attnkit.analysis.recorder import AttentionRecorder
 from attnkit.data.coco import collate_detection
+from attnkit.data.transforms import original_boxes
 from attnkit.models.detr.matcher import HungarianMatcher, cost_terms
 from attnkit.models.detr.postprocess import PostProcess
 
@@ -163,13 +164,6 @@ class ImageInspection:
         return sorted(chosen.tolist(), key=lambda q: -float(self.scores[q]))
 
 
-def _original_boxes(target: dict) -> torch.Tensor:
-    """A transformed target's boxes (normalised cxcywh) as xyxy pixels of the original image."""
-    oh, ow = (int(v) for v in target["orig_size"])
-    boxes = box_convert(target["boxes"].float(), "cxcywh", "xyxy")  # [T, 4]
-    return boxes * torch.tensor([ow, oh, ow, oh], dtype=torch.float32)
-
-
 def _record_layers(model, layers: Sequence[int] | None) -> list[int]:
     pattern = re.compile(re.escape(CROSS_ATTENTION).replace(r"\{\}", r"(\d+)") + "$")
     found = (pattern.match(name) for name, _ in model.named_modules())
@@ -217,9 +211,9 @@ def _inspect_batch(model, dataset, indices, matcher, layers, score_threshold, mo
                 scores=detections[b]["scores"].cpu(),
                 labels=detections[b]["labels"].cpu(),
                 boxes=detections[b]["boxes"].cpu(),
-                gt_boxes=_original_boxes(
+                gt_boxes=original_boxes(
                     {k: v.cpu() for k, v in target.items() if torch.is_tensor(v)}
-                ),
+                )[0],
                 gt_labels=target["labels"].cpu(),
                 match_queries=matches[b][0],
                 match_targets=matches[b][1],

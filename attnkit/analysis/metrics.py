@@ -156,8 +156,9 @@ def attention_distance(
     w: torch.Tensor,
     grid_hw: tuple[int, int],
     query_grid_hw: tuple[int, int] | None = None,
+    cell_size: tuple[float, float] = (1.0, 1.0),
 ) -> torch.Tensor:
-    """Attention-weighted mean distance, in key-grid cells, from each query to its keys.
+    """Attention-weighted mean distance (key-grid cells, or pixels) from each query to its keys.
 
     Args:
         w: self-attention weights ``[..., Q, K]`` with the K keys a row-major ``grid_hw`` grid
@@ -165,6 +166,8 @@ def attention_distance(
         grid_hw: ``(h, w)`` of the key grid, h * w = K.
         query_grid_hw: ``(hq, wq)`` of the query grid when Q != K; query cell centres are scaled
             onto the key grid. Default: the queries are the keys (Q = K).
+        cell_size: ``(height, width)`` of one key-grid cell in pixels (a ViT's patch size, a
+            backbone's stride): distances are then in pixels. Default: in cells.
 
     Returns:
         ``[..., Q]``: sum_k w_qk * ||pos(q) - pos(k)|| / sum_k w_qk (Euclidean); NaN for an
@@ -179,7 +182,8 @@ def attention_distance(
         raise ValueError(f"query grid {qhw} has {qhw[0] * qhw[1]} cells but Q = {q}")
     keys = _grid_positions((h, wd), (h, wd), w.device)  # [K, 2]
     queries = _grid_positions(qhw, (h, wd), w.device)  # [Q, 2]
-    dist = torch.cdist(queries, keys)  # [Q, K]
+    scale = torch.tensor(cell_size, dtype=torch.float64, device=w.device)  # [2]
+    dist = torch.cdist(queries * scale, keys * scale)  # [Q, K]
     x = w.to(torch.float64)
     num = torch.einsum("...qk,qk->...q", x, dist)  # [..., Q]
     mass = x.sum(-1)  # [..., Q]

@@ -35,6 +35,8 @@ class AttentionRecord:
         key_padding_mask: ``[B, K]``, True at padded keys, or None; crop with it before scoring.
         call: index of this call among the module's calls while the recorder was active.
         meta: extra layout information a module emitted (empty for ``MultiheadAttention``).
+        site: the label the model's family gives this attention site (``decoder L3 cross``),
+            or None when the module was built outside ``build_model``.
     """
 
     name: str
@@ -43,6 +45,7 @@ class AttentionRecord:
     key_padding_mask: torch.Tensor | None
     call: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    site: str | None = None
 
 
 def _name_filter(include: Include) -> Callable[[str], bool]:
@@ -186,6 +189,7 @@ class AttentionRecorder:
             key_padding_mask=key_padding_mask,
             call=call,
             meta=meta,
+            site=getattr(module, "site", None),
         )
         if self.sink is not None:
             self.sink(record)

@@ -1,11 +1,13 @@
 """``attnkit analyze``: one streamed eval pass that writes ``records.parquet`` and ``summary.json``.
 
 The model comes from a training checkpoint (its config inside) or, with ``random_init``, is built
-from a config without training (the thesis compares random-init and trained attention).
+from a config without training (the thesis compares random-init and trained attention). Any
+family: its task gives the data, its registration the default sites and the task scorers.
 """
 
 from __future__ import annotations
 
+import importlib
 import time
 from pathlib import Path
 
@@ -19,10 +21,19 @@ from attnkit.analysis.analyze import (
     write_summary,
 )
 from attnkit.config import config_to_dict, load_config, save_config
-from attnkit.data import build_dataset, collate_detection
 from attnkit.models import build_model
-from attnkit.models.detr import HungarianMatcher
 from attnkit.models.loading import model_from_checkpoint
+from attnkit.models.registry import family_of
+from attnkit.tasks import task_of
+
+
+def build_scorers(cfg) -> list:
+    """The family's task scorers (``Family.scorers``: ``"module:attribute"`` factories)."""
+    scorers = []
+    for path in family_of(cfg).scorers:
+        module, _, attr = path.partition(":")
+        scorers.append(getattr(importlib.import_module(module), attr)(cfg))
+    return scorers
 
 
 def _normalizers(model) -> dict[str, str]:
@@ -62,23 +73,24 @@ def run_analysis(
         torch.manual_seed(cfg.seed)
         model = build_model(cfg).to(device).eval()
         source = f"random init of {config} (seed {cfg.seed})"
-    dataset = build_dataset(cfg.data, split, train=False)
+    task = task_of(cfg)
+    dataset = task.build_dataset(cfg, split, train=False)
     if max_images is not None:
         dataset = Subset(dataset, range(min(max_images, len(dataset))))
     loader = DataLoader(
         dataset,
         batch_size=batch_size or cfg.data.batch_size,
         shuffle=False,
-        collate_fn=collate_detection,
+        collate_fn=task.collate,
         num_workers=cfg.data.num_workers,
     )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir)
-    matcher = HungarianMatcher(cfg.loss.cost_class, cfg.loss.cost_bbox, cfg.loss.cost_giou)
     rows = ParquetRows(out_dir / "records.parquet")
-    options = AnalysisOptions(layers=layers, zero_threshold=zero_threshold)
-    analysis = AttentionAnalysis(model, matcher, options, row_sink=rows)
+    default_layers = family_of(cfg).analysis_layers
+    options = AnalysisOptions(layers=layers or default_layers, zero_threshold=zero_threshold)
+    analysis = AttentionAnalysis(model, build_scorers(cfg), options, row_sink=rows)
     start = time.perf_counter()
     try:
         for batch in tqdm(loader, desc="analyze", unit="batch", disable=not progress):
@@ -86,6 +98,7 @@ def run_analysis(
     finally:
         rows.close()
     summary = analysis.summary()
+    normalizers = _normalizers(model)
     meta = {
         "source": source,
         "random_init": random_init,
@@ -93,7 +106,12 @@ def run_analysis(
         "images": len(dataset),
         "batch_size": loader.batch_size,
         "layers": analysis.layers,
-        "normalizers": {k: v for k, v in _normalizers(model).items() if k in analysis.layers},
+        "sites": analysis.sites,
+        "normalizers": {
+            key: normalizers[key.split("[")[0]]
+            for key in analysis.layers
+            if key.split("[")[0] in normalizers
+        },
         "zero_threshold": zero_threshold,
         "seconds": round(time.perf_counter() - start, 2),
         "config": config_to_dict(cfg),

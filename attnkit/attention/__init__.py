@@ -10,4 +10,7 @@ from attnkit.attention.core import merge_masks as merge_masks
 from attnkit.attention.hooks import AttentionModule as AttentionModule
 from attnkit.attention.multihead import MultiheadAttention as MultiheadAttention
 from attnkit.attention.normalizers import NORMALIZER_NAMES as NORMALIZER_NAMES
+from attnkit.attention.normalizers import alpha_values as alpha_values
 from attnkit.attention.normalizers import get_normalizer as get_normalizer
+from attnkit.attention.normalizers import make_normalizer as make_normalizer
+from attnkit.attention.self_attention import SelfAttention as SelfAttention

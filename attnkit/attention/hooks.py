@@ -116,7 +116,11 @@ class AttentionModule(nn.Module):
     """Base class of every attnkit attention module; the recorder looks for its subclasses.
 
     It adds no parameters or buffers, so subclasses keep the state-dict layout they need.
+    ``site`` is the label its model family gives this attention site (``decoder L3 cross``,
+    ``block 4``); ``attnkit.models.build_model`` sets it, and recorders report it.
     """
+
+    site: str | None = None
 
     def observed(self) -> bool:
         """Whether an active observer wants this module's weights in the current forward."""

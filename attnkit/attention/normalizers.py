@@ -21,7 +21,7 @@ from attnkit.attention.alpha_entmax import AlphaEntmax
 from attnkit.attention.entmax15 import Entmax15
 from attnkit.attention.sparsemax import Sparsemax
 
-__all__ = ["NORMALIZER_NAMES", "Softmax", "get_normalizer"]
+__all__ = ["NORMALIZER_NAMES", "Softmax", "alpha_values", "get_normalizer", "make_normalizer"]
 
 NORMALIZER_NAMES: tuple[str, ...] = ("softmax", "sparsemax", "entmax15", "alpha_entmax", "tvmax")
 
@@ -81,3 +81,34 @@ def get_normalizer(name: str, num_heads: int | None = None, **kw) -> nn.Module:
     raise ValueError(
         f"unknown normalizer {name!r}: valid names are {', '.join(NORMALIZER_NAMES)}{hint}"
     )
+
+
+def make_normalizer(
+    name: str, num_heads: int, alpha_init: float = 1.5, tvmax_lambda: float = 0.05
+) -> nn.Module:
+    """A fresh normalizer from config-level options; only the chosen normalizer's are passed.
+
+    The one place where a model turns ``(name, alpha_init, tvmax_lambda)`` into a module, so
+    every family has the same defaults (``tvmax_lambda`` 0.05 as the TVmax reference).
+    """
+    key = str(name).strip().lower().replace("-", "_")
+    kw = {}
+    if key == "alpha_entmax":
+        kw["alpha_init"] = alpha_init
+    elif key == "tvmax":
+        kw["lam"] = tvmax_lambda
+    return get_normalizer(name, num_heads=num_heads, **kw)
+
+
+def alpha_values(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The learned alphas of every module whose normalizer has ``pre_alpha``: ``{name: [H]}``.
+
+    Keys are the attention modules' names in ``model.named_modules()``; values are detached CPU
+    tensors with one alpha per head, for logging. Works for any model, not only DETR.
+    """
+    alphas = {}
+    for name, module in model.named_modules():
+        normalizer = getattr(module, "normalizer", None)
+        if isinstance(normalizer, nn.Module) and getattr(normalizer, "pre_alpha", None) is not None:
+            alphas[name] = normalizer.alpha().detach().cpu()
+    return alphas

@@ -22,10 +22,11 @@ from torch.utils.data import DataLoader, Subset
 
 from attnkit.analysis.analyze import AnalysisOptions, AttentionAnalysis, ParquetRows
 from attnkit.analysis.paibb import paibb, paibb_pixel_reference
+from attnkit.analysis.run_analysis import build_scorers
 from attnkit.config import load_config
-from attnkit.data import build_dataset, collate_detection
 from attnkit.models import build_model
-from attnkit.models.detr import HungarianMatcher
+from attnkit.models.registry import family_of
+from attnkit.tasks import task_of
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -41,21 +42,22 @@ def bench_pass(config: str, images: int, batch_size: int, repeats: int) -> tuple
     cfg = load_config(config)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
-    dataset = build_dataset(cfg.data, "val", train=False)
+    task = task_of(cfg)
+    dataset = task.build_dataset(cfg, "val", train=False)
     dataset = Subset(dataset, range(min(images, len(dataset))))
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_detection)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=task.collate)
     batches = list(loader)  # decode once: both passes see the same tensors
-    matcher = HungarianMatcher(cfg.loss.cost_class, cfg.loss.cost_bbox, cfg.loss.cost_giou)
+    options = AnalysisOptions(layers=family_of(cfg).analysis_layers)
 
     @torch.no_grad()
     def plain():
         for batch in batches:
-            model(batch.images, batch.mask)
+            model(**batch.inputs)
 
     def analysed():
         with tempfile.TemporaryDirectory() as tmp:
             rows = ParquetRows(Path(tmp) / "records.parquet")
-            analysis = AttentionAnalysis(model, matcher, AnalysisOptions(), row_sink=rows)
+            analysis = AttentionAnalysis(model, build_scorers(cfg), options, row_sink=rows)
             for batch in batches:
                 analysis.update(batch)
             rows.close()

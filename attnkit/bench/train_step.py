@@ -17,9 +17,8 @@ import time
 import torch
 
 from attnkit.config import load_config
-from attnkit.data import build_dataset
-from attnkit.models import build_criterion, build_model
-from attnkit.models.build import build_postprocess
+from attnkit.models import build_model
+from attnkit.tasks import task_of
 from attnkit.train.distributed import pick_device
 from attnkit.train.optim import build_optimizer
 from attnkit.train.sampling import make_loader
@@ -46,11 +45,13 @@ def bench_config(path: str, steps: int, amp: str, device, extra: list[str]) -> d
     cfg = load_config(path, overrides)
     seed_everything(0)
     model = build_model(cfg).to(device)
-    criterion = build_criterion(cfg).to(device)
+    task = task_of(cfg)
+    criterion = task.build_criterion(cfg).to(device)
     optimizer = build_optimizer(model, cfg.train)
-    loader = make_loader(build_dataset(cfg.data, "train"), cfg.data.batch_size, 0, True, 0)
-    val_loader = make_loader(build_dataset(cfg.data, "val"), cfg.data.batch_size, 0, False, 0)
-    postprocess = build_postprocess(cfg)
+    train_set, val_set = task.build_dataset(cfg, "train"), task.build_dataset(cfg, "val")
+    loader = make_loader(train_set, cfg.data.batch_size, 0, True, task.collate, 0)
+    val_loader = make_loader(val_set, cfg.data.batch_size, 0, False, task.collate, 0)
+    evaluator = task.build_evaluator(cfg, val_set)
     batches = iter(loader)
     times = []
     for i in range(steps + 2):  # 2 warm-up steps
@@ -72,9 +73,8 @@ def bench_config(path: str, steps: int, amp: str, device, extra: list[str]) -> d
             start = time.perf_counter()
             batch = batch.to(device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                outputs = model(batch.images, batch.mask)
-            sizes = torch.stack([t["orig_size"] for t in batch.targets]).to(device)
-            postprocess(outputs, sizes)
+                outputs = model(**batch.inputs)
+            evaluator.update(outputs, batch)
             _sync(device)
             if i >= 1:
                 eval_times.append(time.perf_counter() - start)
@@ -82,7 +82,7 @@ def bench_config(path: str, steps: int, amp: str, device, extra: list[str]) -> d
     return {
         "config": path.rsplit("/", 1)[-1],
         "batch": bs,
-        "image_side": cfg.data.val_scale,
+        "image_side": tuple(batch.inputs["images"].shape[-2:]),
         "train_img_s": bs / statistics.median(times),
         "eval_img_s": bs / statistics.median(eval_times) if eval_times else float("nan"),
         "step_ms": 1000 * statistics.median(times),

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from attnkit.config.schema import TAGGED_SECTIONS, ExperimentConfig
+from attnkit.config.schema import DEFAULT_FAMILY, FAMILY_SECTIONS, ExperimentConfig
 
 BASE_KEY = "_base_"
 CONFIG_FILENAME = "config.yaml"
@@ -155,6 +155,8 @@ def _describe(hint: Any) -> str:
         return " or ".join(_describe(a) for a in typing.get_args(hint))
     if origin is list:
         return f"a list of {_describe(typing.get_args(hint)[0])}"
+    if origin is dict:
+        return f"a mapping of names to {_describe(typing.get_args(hint)[1])}"
     if hint is type(None):
         return "null"
     return getattr(hint, "__name__", str(hint))
@@ -171,7 +173,7 @@ def _convert(value: Any, hint: Any, key: str, origin: dict[str, str]) -> Any:
     if kind is typing.Literal:
         choices = typing.get_args(hint)
         if value not in choices:
-            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            close = _close(value, choices)
             raise fail(f"did you mean {close[0]!r}?" if close else "")
         return value
     if kind in (typing.Union, types.UnionType):
@@ -191,6 +193,11 @@ def _convert(value: Any, hint: Any, key: str, origin: dict[str, str]) -> Any:
             raise fail()
         (item,) = typing.get_args(hint)
         return [_convert(v, item, f"{key}[{i}]", origin) for i, v in enumerate(value)]
+    if kind is dict:
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise fail()
+        _, item = typing.get_args(hint)
+        return {k: _convert(v, item, f"{key}.{k}", origin) for k, v in value.items()}
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, Mapping):
             raise fail()
@@ -221,19 +228,40 @@ def _convert(value: Any, hint: Any, key: str, origin: dict[str, str]) -> Any:
     raise TypeError(f"unsupported schema type {hint!r} for '{key}'")  # a bug in the schema
 
 
+def _family_schemas(data: Mapping, origin: dict[str, str]) -> dict[str, type]:
+    """The schemas of the family-tagged root sections, from ``model.name`` (default DETR)."""
+    from attnkit.models.registry import FAMILIES
+    from attnkit.tasks import get_task
+
+    model = data.get("model")
+    name = model.get("name", DEFAULT_FAMILY) if isinstance(model, Mapping) else DEFAULT_FAMILY
+    if name not in FAMILIES:
+        raise ConfigError(
+            f"{_source('model.name', origin)}: 'model.name' must be "
+            f"{_describe(typing.Literal[tuple(FAMILIES)])}, got {name!r}"
+            + (f"; did you mean {c[0]!r}?" if (c := _close(name, FAMILIES)) else "")
+        )
+    family = FAMILIES[name]
+    task = get_task(family.task)
+    return {
+        "model": family.schema,
+        "data": task.data_schema,
+        "loss": family.loss_schema or task.loss_schema,
+    }
+
+
+def _close(value: Any, choices: Iterable[str]) -> list[str]:
+    return difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+
+
 def _build(cls: type, data: Mapping, origin: dict[str, str], prefix: str = "") -> Any:
-    """Instantiate the dataclass ``cls`` from a raw mapping, checking every key and type."""
-    tags = TAGGED_SECTIONS.get(prefix.rstrip("."), None)
-    if tags is not None:
-        name = data.get("name", cls.__dataclass_fields__["name"].default)
-        if name not in tags:
-            hint = typing.Literal[tuple(tags)]
-            raise ConfigError(
-                f"{_source(prefix + 'name', origin)}: '{prefix}name' must be "
-                f"{_describe(hint)}, got {name!r}"
-            )
-        cls = tags[name]
-    hints = typing.get_type_hints(cls)
+    """Instantiate the dataclass ``cls`` from a raw mapping, checking every key and type.
+
+    At the root, the family-tagged sections (``model``, ``data``, ``loss``) take the schemas of
+    the family that ``model.name`` names; missing ones get that family's defaults.
+    """
+    sections = _family_schemas(data, origin) if cls is ExperimentConfig else {}
+    hints = {**typing.get_type_hints(cls), **sections}
     fields = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
@@ -243,6 +271,8 @@ def _build(cls: type, data: Mapping, origin: dict[str, str], prefix: str = "") -
                 f"{_source(dotted, origin)}: unknown key '{dotted}'; {_closest_hint(key, fields, prefix)}"
             )
         kwargs[key] = _convert(value, hints[key], dotted, origin)
+    for key in FAMILY_SECTIONS if sections else ():
+        kwargs.setdefault(key, sections[key]())
     return cls(**kwargs)
 
 

@@ -1,26 +1,27 @@
-"""Typed schemas of attnkit configs.
+"""Typed schemas of attnkit configs: the root, the training recipe and the task-level sections.
 
-A config is a tree of dataclasses. Every key a YAML file may hold is a field here, with its
+A config is a tree of dataclasses. Every key a YAML file may hold is a field of one, with its
 type and default, so a misspelt key or a wrong type is caught when the file is read (see
-``attnkit.config.loader``). The defaults are the DETR reference hyper-parameters from
-DESIGN.md; ``configs/detr/base.yaml`` states them again so a run's config can be diffed against
-the reference.
+``attnkit.config.loader``).
 
-Sections whose fields depend on a ``name`` (``model``) are *tagged*: the ``name`` value picks
-the dataclass from :data:`MODEL_SCHEMAS`.
+The ``model``, ``data`` and ``loss`` sections are *tagged by the family*: ``model.name`` picks a
+family from ``attnkit.models.registry.FAMILIES``, whose ``schema`` types ``model``, whose task
+types ``data`` (:class:`DetectionDataConfig`, :class:`ClassificationDataConfig`, ...) and whose
+loss schema types ``loss``. With no ``model.name`` the family is DETR, and every default is the
+DETR reference recipe from DESIGN.md (``configs/detr/base.yaml`` states it again).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-NormalizerName = Literal["softmax", "sparsemax", "entmax15", "alpha_entmax", "tvmax"]
+from attnkit.config.types import NormalizerName as NormalizerName
 
 
 @dataclass
-class DataConfig:
-    """Where the images come from and how they are transformed."""
+class DetectionDataConfig:
+    """Detection data (the ``detection`` task): where the images come from, DETR's transforms."""
 
     # "shapes": the embedded synthetic dataset (made once into a cache folder); "coco": a
     # COCO-format folder at ``root`` ({split}2017/ and annotations/instances_{split}2017.json).
@@ -49,78 +50,92 @@ class DataConfig:
 
 
 @dataclass
-class AttentionConfig:
-    """The normalizer at each attention location of DETR."""
+class ClassificationDataConfig:
+    """Classification data (the ``classification`` task) and its augmentation."""
 
-    encoder: NormalizerName = "softmax"
-    decoder_self: NormalizerName = "softmax"
-    cross: NormalizerName = "softmax"
-    # alpha_entmax: initial alpha (learnable per head) and TVmax strength.
-    alpha_init: float = 1.5
-    tvmax_lambda: float = 0.05  # the TVmax reference: alpha=0.1 with a step of alpha / 2
-
-
-@dataclass
-class DETRConfig:
-    """DETR (Carion et al. 2020) with a pluggable attention normalizer per location."""
-
-    name: Literal["detr"] = "detr"
-    backbone: str = "resnet50"
-    dilation: bool = False
-    # Which stage's feature map the transformer reads (timm backbones): -1 the last (stride 32),
-    # -2 the one before (stride 16: small objects resolved, cheaper than dilation).
-    backbone_stage: int = -1
-    # A local weights file: a torchvision ResNet state dict or `attnkit pretrain-backbone`'s
-    # output; "{checkpoints}" stands for the shipped-checkpoints folder.
-    pretrained_backbone: str | None = None
-    # Zero the padded area before every backbone convolution, so an image's features do not
-    # depend on the larger images of its batch. Off = official DETR (border features see padding).
-    backbone_mask_padding: bool = False
-    # No pretrained weights: trainable batch norm and all stages trained (synthetic-data models).
-    backbone_from_scratch: bool = False
-    hidden_dim: int = 256
-    num_heads: int = 8
-    enc_layers: int = 6
-    dec_layers: int = 6
-    dim_feedforward: int = 2048
-    dropout: float = 0.1
-    num_queries: int = 100
-    pre_norm: bool = False
-    aux_loss: bool = True
-    num_classes: int = 91
-    attention: AttentionConfig = field(default_factory=AttentionConfig)
-
-
-MODEL_SCHEMAS: dict[str, type] = {"detr": DETRConfig}
+    # "synthetic": the embedded 32x32 10-class set (made once into a cache folder); "cifar10":
+    # torchvision's cifar-10-batches-py folder at ``root``; "folder": ``root/{train,val}/<class>/``.
+    name: Literal["synthetic", "cifar10", "folder"] = "synthetic"
+    root: str | None = None
+    num_train: int = 5000
+    num_val: int = 1000
+    seed: int = 0
+    # Folder images are resized to this (H, W); CIFAR and the synthetic set are 32x32 already.
+    image_size: list[int] | None = None
+    # The standard CIFAR augmentation: pad by ``pad`` then random crop, horizontal flip.
+    pad: int = 4
+    hflip: bool = True
+    batch_size: int = 128
+    num_workers: int = 2
 
 
 @dataclass
-class LossConfig:
-    """Hungarian matcher costs and set-criterion weights (DETR reference values)."""
+class DenseDataConfig:
+    """Dense regression data (the ``dense_regression`` task): rasters and a nodata mask."""
 
-    cost_class: float = 1.0
-    cost_bbox: float = 5.0
-    cost_giou: float = 2.0
-    class_weight: float = 1.0
-    bbox_weight: float = 5.0
-    giou_weight: float = 2.0
-    eos_coef: float = 0.1
+    # "synthetic": embedded height maps; "folder": ``root/{split}/images`` + ``targets`` rasters.
+    name: Literal["synthetic", "folder"] = "synthetic"
+    root: str | None = None
+    num_train: int = 256
+    num_val: int = 64
+    seed: int = 0
+    image_size: list[int] = field(default_factory=lambda: [64, 64])
+    nodata: float | None = None  # target value meaning "unknown" (also NaN) in folder rasters
+    batch_size: int = 16
+    num_workers: int = 2
+
+
+@dataclass
+class ClassificationLossConfig:
+    """Cross-entropy, optionally with label smoothing."""
+
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class DenseLossConfig:
+    """A pixel-wise loss over the valid (not nodata) pixels."""
+
+    kind: Literal["l1", "l2", "smooth_l1"] = "l1"
+    beta: float = 1.0  # smooth_l1: where the quadratic part ends
+    # Error per target-value bin in the evaluation (edges; empty: no bins).
+    bins: list[float] = field(default_factory=list)
 
 
 @dataclass
 class TrainConfig:
-    """Optimisation: the DETR reference recipe by default."""
+    """Optimisation: the DETR reference recipe by default, and what ViT / CNN recipes need.
+
+    Learning rates: ``lr`` for every parameter, except those whose name starts with
+    ``backbone.`` (``lr_backbone``, DETR's convention), those matching a prefix of ``lr_mult``
+    (``lr`` x the multiplier of the longest matching prefix) and alpha-entmax's ``pre_alpha``
+    (``alpha_lr_mult`` x lr, never weight decay). The schedule is stepped every optimiser step.
+    """
 
     epochs: int = 300
+    optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = 1e-4
     lr_backbone: float = 1e-5
+    lr_mult: dict[str, float] = field(default_factory=dict)
     weight_decay: float = 1e-4
+    # No weight decay for 1-D parameters (norm weights, biases: the timm / CIFAR convention) and
+    # for parameters whose name contains one of ``no_weight_decay`` (position / bias tables).
+    no_weight_decay_1d: bool = False
+    no_weight_decay: list[str] = field(default_factory=list)
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+    # "step": x lr_drop_factor from epoch lr_drop on (DETR); "cosine": from lr down to
+    # lr x min_lr_factor at the last step of the last epoch. Either after ``warmup_steps`` steps of
+    # linear warm-up.
+    schedule: Literal["step", "cosine"] = "step"
     lr_drop: int = 200
     lr_drop_factor: float = 0.1
+    min_lr_factor: float = 0.0
+    warmup_steps: int = 0
     # alpha-entmax: ``pre_alpha`` trains at ``alpha_lr_mult`` x lr without weight decay.
     alpha_lr_mult: float = 10.0
     alpha_keep_lr: bool = False
-    clip_max_norm: float = 0.1
+    clip_max_norm: float = 0.1  # 0: no clipping
     amp: Literal["none", "bf16", "fp16"] = "none"
     grad_accum_steps: int = 1
     max_steps: int | None = None
@@ -134,16 +149,31 @@ class TrainConfig:
     device: str = "auto"
 
 
+def _detr_model() -> Any:
+    from attnkit.models.detr.config import DETRConfig
+
+    return DETRConfig()
+
+
+def _detr_loss() -> Any:
+    from attnkit.models.detr.config import LossConfig
+
+    return LossConfig()
+
+
 @dataclass
 class ExperimentConfig:
     """The root of every experiment config."""
 
     name: str = "experiment"
     seed: int = 42
-    data: DataConfig = field(default_factory=DataConfig)
-    model: DETRConfig = field(default_factory=DETRConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    # The family-tagged sections (see the module docstring); DETR's defaults.
+    data: Any = field(default_factory=DetectionDataConfig)
+    model: Any = field(default_factory=_detr_model)
+    loss: Any = field(default_factory=_detr_loss)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-TAGGED_SECTIONS: dict[str, dict[str, type]] = {"model": MODEL_SCHEMAS}
+FAMILY_SECTIONS = ("model", "data", "loss")
+"""Root sections whose schema the family decides (``model.name``)."""
+DEFAULT_FAMILY = "detr"

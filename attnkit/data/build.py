@@ -10,7 +10,7 @@ from attnkit.data.transforms import detr_transforms
 
 
 def dataset_root(data_cfg) -> Path:
-    """The COCO-format folder a :class:`DataConfig` points at (making the synthetic one if needed)."""
+    """The COCO-format folder a :class:`~attnkit.config.schema.DetectionDataConfig` points at (making the synthetic one if needed)."""
     if data_cfg.root:
         root = Path(data_cfg.root).expanduser()
         if not root.is_dir():

@@ -172,6 +172,15 @@ class Batch:
     mask: torch.Tensor
     targets: list[dict]
 
+    @property
+    def inputs(self) -> dict[str, torch.Tensor]:
+        """The model's keyword arguments: ``model(**batch.inputs)`` is ``DETR(images, mask)``."""
+        return {"images": self.images, "mask": self.mask}
+
+    @property
+    def image_ids(self) -> list[int]:
+        return [int(t["image_id"]) for t in self.targets]
+
     def to(self, device, non_blocking: bool = False) -> Batch:
         moved = [
             {

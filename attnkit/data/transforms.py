@@ -147,8 +147,22 @@ class Normalize:
         return tensor, target
 
 
+def original_boxes(target: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """A transformed target's boxes as float xyxy pixels of the original image, and areas.
+
+    Undoes :class:`Normalize` and the resize: boxes ``[T, 4]`` (no rounding, pitfall 5) and
+    the objects' areas ``[T]`` in original pixels.
+    """
+    oh, ow = (int(v) for v in target["orig_size"])
+    h, w = (int(v) for v in target["size"])
+    boxes = box_convert(target["boxes"].float(), "cxcywh", "xyxy")  # [T, 4]
+    boxes = boxes * torch.tensor([ow, oh, ow, oh], dtype=torch.float32)
+    areas = target["area"].float() * (oh * ow) / (h * w)  # undo the resize's area scaling
+    return boxes, areas
+
+
 def detr_transforms(data_cfg, train: bool) -> Compose:
-    """DETR's train / val pipeline with the sizes of a :class:`DataConfig`."""
+    """DETR's train / val pipeline with the sizes of a :class:`~attnkit.config.schema.DetectionDataConfig`."""
     if not train:
         return Compose([RandomResize([data_cfg.val_scale], data_cfg.max_size), Normalize()])
     plain = RandomResize(data_cfg.train_scales, data_cfg.max_size)

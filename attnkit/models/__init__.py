@@ -1,5 +1,6 @@
-"""Models built from attnkit attention: DETR, dense-prediction encoders/decoders, MaxViT, ..."""
+"""Models built from attnkit attention, one folder per family (see ``registry.py``)."""
 
-from attnkit.models.build import build_criterion, build_model, build_postprocess
+from attnkit.models.build import build_model
+from attnkit.models.registry import FAMILIES, Family, get_family, register_family
 
-__all__ = ["build_criterion", "build_model", "build_postprocess"]
+__all__ = ["FAMILIES", "Family", "build_model", "get_family", "register_family"]

@@ -1,42 +1,29 @@
-"""Config -> model, loss and post-processing: the one place that dispatches on ``model.name``."""
+"""Config -> model through the family registry (the only path from a config to a model)."""
 
 from __future__ import annotations
 
 from torch import nn
 
-from attnkit.models.detr import HungarianMatcher, PostProcess, SetCriterion, build_detr
+from attnkit.attention.hooks import AttentionModule
+from attnkit.models.registry import Family, family_of
 
-__all__ = ["build_criterion", "build_model", "build_postprocess"]
+__all__ = ["build_model", "label_sites"]
 
 
-def _model_name(cfg) -> str:
-    name = cfg.model.name
-    if name != "detr":
-        raise ValueError(f"unknown model.name {name!r}; available: 'detr'")
-    return name
+def label_sites(model: nn.Module, family: Family) -> nn.Module:
+    """Give every attnkit attention module of ``model`` its family's site label.
+
+    The label (``decoder L3 cross``, ``block 4``) travels with the recorded weights into
+    analysis tables and figures; a module the family does not label keeps its module name.
+    """
+    for name, module in model.named_modules():
+        if isinstance(module, AttentionModule):
+            label = family.site_label(name) if family.site_label else None
+            module.site = label or name
+    return model
 
 
 def build_model(cfg) -> nn.Module:
-    """The model of an ``ExperimentConfig`` (``cfg.model.name`` picks the architecture).
-
-    DETR's backbone trains when ``cfg.train.lr_backbone > 0`` (stem and first stage always
-    frozen), as in official DETR.
-    """
-    _model_name(cfg)
-    return build_detr(cfg.model, train_backbone=cfg.train.lr_backbone > 0)
-
-
-def build_criterion(cfg) -> SetCriterion:
-    """DETR's set loss with the matcher costs and loss weights of ``cfg.loss``."""
-    _model_name(cfg)
-    loss = cfg.loss
-    matcher = HungarianMatcher(loss.cost_class, loss.cost_bbox, loss.cost_giou)
-    weights = {"loss_ce": loss.class_weight, "loss_bbox": loss.bbox_weight}
-    weights["loss_giou"] = loss.giou_weight
-    return SetCriterion(cfg.model.num_classes, matcher, weights, eos_coef=loss.eos_coef)
-
-
-def build_postprocess(cfg) -> nn.Module:
-    """The post-processing that turns the model's outputs into detections in pixels."""
-    _model_name(cfg)
-    return PostProcess()
+    """The model of an ``ExperimentConfig``: ``cfg.model.name`` picks the family."""
+    family = family_of(cfg)
+    return label_sites(family.build(cfg), family)

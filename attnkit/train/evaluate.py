@@ -1,15 +1,14 @@
-"""Evaluate a checkpoint with pycocotools: ``metrics.json`` and the detections as COCO results."""
+"""``attnkit eval``: a checkpoint's task metrics on a split, as ``metrics.json`` (+ artifacts)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from attnkit.analysis.coco_eval import evaluate_detection
 from attnkit.config import config_to_dict, save_config
-from attnkit.data import build_dataset
-from attnkit.models.build import build_postprocess
 from attnkit.models.loading import model_from_checkpoint
+from attnkit.tasks import task_of
+from attnkit.tasks.evaluate import run_evaluation
 from attnkit.train.distributed import pick_device
 from attnkit.train.sampling import make_loader
 
@@ -23,21 +22,28 @@ def evaluate_checkpoint(
     split: str = "val",
     progress: bool = True,
 ) -> dict:
-    """Write ``out_dir/metrics.json`` (AP, AP50, AP75, AP_S/M/L, ARs) and ``detections.json``."""
+    """Write ``out_dir/metrics.json`` with the task's metrics (COCO AP / AR for detection,
+    top-1 / top-5 / per-class accuracy for classification, ...) and the task's artifacts
+    (``detections.json`` for detection). ``data_root`` points the checkpoint's data section at
+    a local copy of its dataset (``data.root``)."""
     overrides = list(overrides or [])
     if data_root:
-        overrides += [f"data.root={data_root}", "data.name=coco"]
+        overrides.append(f"data.root={data_root}")
     device = pick_device("auto")
     model, cfg = model_from_checkpoint(checkpoint, overrides, config, device)
-    dataset = build_dataset(cfg.data, split, train=False)
-    loader = make_loader(dataset, cfg.data.batch_size, cfg.seed, False, cfg.data.num_workers)
-    metrics, detections = evaluate_detection(
-        model, build_postprocess(cfg), loader, dataset.coco, device, progress=progress
+    task = task_of(cfg)
+    dataset = task.build_dataset(cfg, split, train=False)
+    task.check(cfg, dataset)
+    loader = make_loader(
+        dataset, cfg.data.batch_size, cfg.seed, False, task.collate, cfg.data.num_workers
     )
+    evaluator = task.build_evaluator(cfg, dataset)
+    metrics = run_evaluation(model, evaluator, loader, device, progress=progress)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir)
     record = {"checkpoint": str(checkpoint), "split": split, "images": len(dataset), **metrics}
     (out_dir / "metrics.json").write_text(json.dumps(record, indent=1))
-    (out_dir / "detections.json").write_text(json.dumps(detections))
+    for name, content in evaluator.artifacts().items():
+        (out_dir / name).write_text(json.dumps(content))
     return {**record, "config": config_to_dict(cfg)}

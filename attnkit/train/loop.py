@@ -18,13 +18,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from attnkit.analysis.coco_eval import evaluate_detection
+from attnkit.attention import alpha_values
 from attnkit.config import config_diff, config_from_dict, config_to_dict, save_config
-from attnkit.data import build_dataset
-from attnkit.models import build_criterion, build_model
-from attnkit.models.build import build_postprocess
-from attnkit.models.detr import alpha_values
+from attnkit.models import build_model
 from attnkit.models.loading import init_from_checkpoint
+from attnkit.runfiles import CHECKPOINT_NAME
+from attnkit.tasks import task_of
+from attnkit.tasks.evaluate import run_evaluation
 from attnkit.train import distributed as dist_utils
 from attnkit.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from attnkit.train.logger import MetricsLogger
@@ -32,7 +32,6 @@ from attnkit.train.optim import build_optimizer, build_scheduler
 from attnkit.train.sampling import make_loader
 from attnkit.train.step import AMP_DTYPES, NonFiniteLossError, seed_everything, train_step
 
-CHECKPOINT_NAME = "last.pt"
 # Keys a resumed run may change: how long to train and how often to save / evaluate / log.
 RESUMABLE_CHANGES = {
     "train.epochs",
@@ -90,25 +89,30 @@ class Trainer:
         if resume and not self.ckpt_path.exists():
             raise TrainingError(f"--resume: no checkpoint at {self.ckpt_path}")
         seed_everything(cfg.seed)  # same initial weights on every rank
+        self.task = task_of(cfg)
         self.model = build_model(cfg).to(self.device)
-        self.criterion = build_criterion(cfg).to(self.device)
-        self.postprocess = build_postprocess(cfg)
-        self.train_set = build_dataset(cfg.data, "train")
-        self.val_set = build_dataset(cfg.data, "val")
+        self.criterion = self.task.build_criterion(cfg).to(self.device)
+        self.train_set = self.task.build_dataset(cfg, "train")
+        self.val_set = self.task.build_dataset(cfg, "val")
+        self.task.check(cfg, self.train_set)
+        collate, data = self.task.collate, cfg.data
         self.train_loader = make_loader(
             self.train_set,
-            cfg.data.batch_size,
+            data.batch_size,
             cfg.seed,
             True,
-            cfg.data.num_workers,
+            collate,
+            data.num_workers,
             self.rank,
             self.world,
         )
         self.val_loader = make_loader(
-            self.val_set, cfg.data.batch_size, cfg.seed, False, cfg.data.num_workers
+            self.val_set, data.batch_size, cfg.seed, False, collate, data.num_workers
         )
+        accum = cfg.train.grad_accum_steps
+        self.steps_per_epoch = len(self.train_loader.sampler) // (data.batch_size * accum)
         self.optimizer = build_optimizer(self.model, cfg.train)
-        self.scheduler = build_scheduler(self.optimizer, cfg.train)
+        self.scheduler = build_scheduler(self.optimizer, cfg.train, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.train.amp == "fp16" else None
         self.state = Progress()
         self.logger = MetricsLogger(self.out_dir, enabled=self.main)
@@ -116,7 +120,7 @@ class Trainer:
             self._restore()
         else:
             if cfg.train.init_from:
-                kept = init_from_checkpoint(self.model, cfg.train.init_from)
+                kept = init_from_checkpoint(self.model, cfg.train.init_from, cfg)
                 if kept and self.main:
                     print(f"init_from {cfg.train.init_from}: kept the initial {', '.join(kept)}")
             seed_everything(cfg.seed + self.rank)  # different dropout per rank
@@ -186,14 +190,13 @@ class Trainer:
         return round(self.state.seconds + time.perf_counter() - self._started, 1)
 
     def evaluate(self) -> dict[str, float]:
-        amp_dtype = AMP_DTYPES[self.cfg.train.amp]
-        metrics, _ = evaluate_detection(
+        """The task's metrics on the val split (``kind: eval`` in ``metrics.jsonl``)."""
+        metrics = run_evaluation(
             self.model,
-            self.postprocess,
+            self.task.build_evaluator(self.cfg, self.val_set),
             self.val_loader,
-            self.val_set.coco,
             self.device,
-            amp_dtype,
+            AMP_DTYPES[self.cfg.train.amp],
             progress=self.progress,
         )
         self.logger.log(
@@ -205,7 +208,7 @@ class Trainer:
         cfg = self.cfg.train
         self._started = time.perf_counter()
         accum = cfg.grad_accum_steps
-        steps_per_epoch = len(self.train_loader.sampler) // (self.cfg.data.batch_size * accum)
+        steps_per_epoch = self.steps_per_epoch
         if steps_per_epoch == 0:
             raise TrainingError(
                 f"the train split has {len(self.train_set)} images: too few for one step of "
@@ -252,6 +255,7 @@ class Trainer:
                     raise TrainingError(f"{err}. Stopped; last good checkpoint: {kept}") from err
                 self.state.step += 1
                 self.state.epoch_step += 1
+                self.scheduler.step()
                 bar.update(1)
                 if log_now and self.main:
                     t_iter = time.perf_counter() - t_last
@@ -267,7 +271,6 @@ class Trainer:
             if self.state.epoch_step >= steps_per_epoch:
                 self.state.epoch += 1
                 self.state.epoch_step = 0
-                self.scheduler.step()
                 if (
                     self.main
                     and cfg.eval_every_epochs

@@ -18,8 +18,6 @@ import random
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from attnkit.data.coco import collate_detection
-
 
 class ResumableSampler(Sampler):
     """Per-epoch seeded permutation, sharded over ``world_size`` ranks, skippable."""
@@ -78,17 +76,21 @@ def make_loader(
     batch_size: int,
     seed: int,
     train: bool,
+    collate_fn,
     num_workers: int = 0,
     rank: int = 0,
     world_size: int = 1,
 ) -> DataLoader:
-    """A loader over ``dataset`` with a :class:`ResumableSampler` (``loader.sampler``)."""
+    """A loader over ``dataset`` with a :class:`ResumableSampler` (``loader.sampler``).
+
+    ``collate_fn`` is the task's (``task.collate``): samples -> a batch with ``inputs``.
+    """
     sampler = ResumableSampler(len(dataset), seed, shuffle=train, rank=rank, world_size=world_size)
     return DataLoader(
         SeededSamples(dataset, seed),
         batch_size=batch_size,
         sampler=sampler,
-        collate_fn=collate_detection,
+        collate_fn=collate_fn,
         num_workers=num_workers,
         drop_last=train,
         # An explicit generator: making an iterator must not consume the global torch RNG,

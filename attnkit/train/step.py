@@ -68,7 +68,7 @@ def train_step(
         sync = contextlib.nullcontext() if (last or not ddp) else model.no_sync()
         with sync:
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                outputs = model(batch.images, batch.mask)
+                outputs = model(**batch.inputs)
                 losses = criterion(outputs, batch.targets)
             loss = losses["loss"].float() / len(batches)
             if not torch.isfinite(loss):  # one host sync per micro-batch: worth it

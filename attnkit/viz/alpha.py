@@ -77,7 +77,7 @@ def final_alphas(source: str | Path | Sequence[Mapping] | pd.DataFrame) -> pd.Da
     last step was not logged), a history from :func:`alpha_history`, or training records.
     """
     if isinstance(source, str | Path) and Path(source).suffix == ".pt":
-        from attnkit.models.detr import alpha_values
+        from attnkit.attention import alpha_values
         from attnkit.models.loading import model_from_checkpoint
 
         model, _ = model_from_checkpoint(source)

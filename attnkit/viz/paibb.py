@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torchvision.ops import box_convert
 
 from attnkit.analysis.paibb import crop_to_unpadded, paibb
 from attnkit.analysis.recorder import AttentionRecorder
 from attnkit.analysis.tables import BUCKETS
+from attnkit.data.transforms import original_boxes
 from attnkit.viz.dataset import draw_boxes
 from attnkit.viz.labels import layer_label, model_colors, normalizer_label, sort_layers
 from attnkit.viz.sparsity import plot_head_heatmap, plot_metric_by_layer
@@ -194,13 +194,6 @@ def lowest_paibb_cases(
     return cases[GALLERY_COLUMNS].head(n).reset_index(drop=True)
 
 
-def _orig_box(target: dict, index: int) -> torch.Tensor:
-    """Ground truth ``index`` of a transformed target as float xyxy pixels of the original image."""
-    oh, ow = (float(v) for v in target["orig_size"])
-    box = box_convert(target["boxes"][index : index + 1].float(), "cxcywh", "xyxy")[0]
-    return box * torch.tensor([ow, oh, ow, oh])  # [4]
-
-
 @torch.no_grad()
 def attention_cases(model, dataset, cases: pd.DataFrame, names: Mapping[int, str] | None = None):
     """Recompute the attention maps of ``cases`` (from :func:`lowest_paibb_cases`).
@@ -239,10 +232,10 @@ def attention_cases(model, dataset, cases: pd.DataFrame, names: Mapping[int, str
             grid = crop_to_unpadded(
                 record.weights[0, case.head, case.query].float().cpu(), record.key_grid, pad.cpu()
             )  # [h, w]
-            box = _orig_box(
-                {k: v.cpu() if torch.is_tensor(v) else v for k, v in target.items()},
-                int(case.gt_index),
+            boxes, _ = original_boxes(
+                {k: v.cpu() if torch.is_tensor(v) else v for k, v in target.items()}
             )
+            box = boxes[int(case.gt_index)]  # [4]
             up = F.interpolate(grid[None, None], size=size, mode="bilinear", align_corners=False)
             out.append(
                 {

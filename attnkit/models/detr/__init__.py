@@ -8,7 +8,7 @@ One concept per module: ``backbone`` (ResNet / timm CNN, frozen BN), ``position_
 
 from attnkit.models.detr.backbone import Backbone
 from attnkit.models.detr.criterion import SetCriterion
-from attnkit.models.detr.detr import DETR, MLP, alpha_values, build_detr
+from attnkit.models.detr.detr import DETR, MLP, build_detr
 from attnkit.models.detr.matcher import HungarianMatcher, cost_terms
 from attnkit.models.detr.official import OfficialLoadReport, load_official_detr
 from attnkit.models.detr.position_encoding import PositionEmbeddingSine
@@ -25,7 +25,6 @@ __all__ = [
     "PostProcess",
     "SetCriterion",
     "Transformer",
-    "alpha_values",
     "build_detr",
     "cost_terms",
     "load_official_detr",

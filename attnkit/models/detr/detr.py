@@ -12,12 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnkit.attention import MultiheadAttention
 from attnkit.models.detr.backbone import Backbone
 from attnkit.models.detr.position_encoding import PositionEmbeddingSine
 from attnkit.models.detr.transformer import Transformer
 
-__all__ = ["DETR", "MLP", "alpha_values", "build_detr"]
+__all__ = ["DETR", "MLP", "build_detr"]
 
 
 class MLP(nn.Module):
@@ -92,22 +91,6 @@ class DETR(nn.Module):
                 {"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])
             ]
         return out
-
-
-def alpha_values(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The current learned alphas of every alpha-entmax attention: ``{module name: [H]}``.
-
-    Keys are the attention modules' names (e.g. ``transformer.decoder.layers.0.multihead_attn``);
-    values are detached CPU tensors with one alpha per head, for logging.
-    """
-    alphas = {}
-    for name, module in model.named_modules():
-        if not isinstance(module, MultiheadAttention):
-            continue
-        normalizer = module.normalizer
-        if getattr(normalizer, "pre_alpha", None) is not None:
-            alphas[name] = normalizer.alpha().detach().cpu()
-    return alphas
 
 
 def build_detr(model_cfg, train_backbone: bool = True) -> DETR:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnkit.attention import MultiheadAttention, get_normalizer
+from attnkit.attention import MultiheadAttention, make_normalizer
 
 __all__ = [
     "Transformer",
@@ -27,21 +27,7 @@ __all__ = [
     "TransformerDecoderLayer",
     "TransformerEncoder",
     "TransformerEncoderLayer",
-    "make_normalizer",
 ]
-
-
-def make_normalizer(
-    name: str, num_heads: int, alpha_init: float = 1.5, tvmax_lambda: float = 0.1
-) -> nn.Module:
-    """A fresh normalizer module; only the options of the chosen normalizer are passed."""
-    key = name.strip().lower().replace("-", "_")
-    kw = {}
-    if key == "alpha_entmax":
-        kw["alpha_init"] = alpha_init
-    elif key == "tvmax":
-        kw["lam"] = tvmax_lambda
-    return get_normalizer(name, num_heads=num_heads, **kw)
 
 
 def _with_pos(x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
@@ -265,7 +251,7 @@ class Transformer(nn.Module):
         decoder_self: str = "softmax",
         cross: str = "softmax",
         alpha_init: float = 1.5,
-        tvmax_lambda: float = 0.1,
+        tvmax_lambda: float = 0.05,
     ) -> None:
         super().__init__()
 

@@ -1,4 +1,4 @@
-"""COCO detection metrics with pycocotools, streamed over a loader."""
+"""COCO detection metrics with pycocotools: detections to COCO results, AP / AR from them."""
 
 from __future__ import annotations
 
@@ -59,22 +59,3 @@ def coco_metrics(coco_gt, results: list[dict], image_ids=None) -> dict[str, floa
         evaluator.summarize()
     # pycocotools reports -1 where a bucket has no ground truth; keep it as NaN-free 0 / -1 info.
     return {name: float(np.float64(v)) for name, v in zip(COCO_METRICS, evaluator.stats)}
-
-
-@torch.no_grad()
-def evaluate_detection(model, postprocess, loader, coco_gt, device, amp_dtype=None, progress=True):
-    """Run ``model`` over ``loader``; returns (metrics dict, COCO results list)."""
-    from tqdm.auto import tqdm
-
-    model.eval()
-    results, image_ids = [], []
-    for batch in tqdm(loader, desc="eval", unit="batch", disable=not progress, leave=False):
-        batch = batch.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            outputs = model(batch.images, batch.mask)
-        sizes = torch.stack([t["orig_size"] for t in batch.targets]).to(device)
-        detections = postprocess(outputs, sizes)
-        ids = [int(t["image_id"]) for t in batch.targets]
-        image_ids += ids
-        results += to_coco_results(ids, detections)
-    return coco_metrics(coco_gt, results, image_ids), results

@@ -1,0 +1,57 @@
+"""Dense (pixel-wise) regression, e.g. a height map in metres, with a nodata mask.
+
+Batches carry ``targets = {"target": [B, 1, H, W], "valid": [B, 1, H, W] bool}``; the loss and
+every metric only see valid pixels.
+"""
+
+from __future__ import annotations
+
+from attnkit.config.schema import DenseDataConfig, DenseLossConfig
+from attnkit.tasks.base import Task
+from attnkit.tasks.dense_loss import DenseRegressionLoss
+from attnkit.tasks.dense_metrics import DenseRegressionMetrics
+
+__all__ = ["DenseRegressionEvaluator", "DenseRegressionTask"]
+
+
+class DenseRegressionEvaluator:
+    """Streams predictions into MAE, RMSE, R^2, bias and the error per target-value bin."""
+
+    def __init__(self, bins: list[float] | None = None):
+        self.metrics = DenseRegressionMetrics(bins or None)
+
+    def update(self, outputs, batch) -> None:
+        pred = outputs["pred"] if isinstance(outputs, dict) else outputs  # [B, 1, H, W]
+        self.metrics.update(pred, batch.targets["target"], batch.targets["valid"])
+
+    def compute(self) -> dict:
+        return self.metrics.compute()
+
+    def artifacts(self) -> dict:
+        return {}
+
+
+class DenseRegressionTask(Task):
+    """Images to a same-sized map of values; masked L1 / L2 / smooth-L1."""
+
+    name = "dense_regression"
+    data_schema = DenseDataConfig
+    loss_schema = DenseLossConfig
+    key_metric = "rmse"
+    higher_is_better = False
+
+    def build_dataset(self, cfg, split, train=None):
+        from attnkit.data.dense import build_dense_dataset
+
+        return build_dense_dataset(cfg.data, split, split == "train" if train is None else train)
+
+    def collate(self, samples):
+        from attnkit.data.dense import collate_dense
+
+        return collate_dense(samples)
+
+    def build_criterion(self, cfg):
+        return DenseRegressionLoss(kind=cfg.loss.kind, beta=cfg.loss.beta)
+
+    def build_evaluator(self, cfg, dataset):
+        return DenseRegressionEvaluator(cfg.loss.bins)
