@@ -6,12 +6,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.attnkit-installed
 PROFILE ?= default
+FAMILY ?=
 PYTEST_ARGS ?=
 
 .PHONY: help venv workbook test test-slow lint format reference-models docs-figures clean
 
 help:
-	@echo "make workbook   set up .venv if needed, then run the workbook (PROFILE=$(PROFILE))"
+	@echo "make workbook   set up .venv if needed, then run the workbook (PROFILE=$(PROFILE);"
+	@echo "                every family, or FAMILY=detr[,vit])"
 	@echo "make test       set up .venv if needed, then run the tests (not the slow ones)"
 	@echo "make test-slow  the slow tests too"
 	@echo "make lint       ruff format --check + ruff check"
@@ -31,7 +33,7 @@ $(STAMP): requirements.txt pyproject.toml
 venv: $(STAMP)
 
 workbook: $(STAMP)
-	$(VENV)/bin/attnkit workbook run --profile $(PROFILE)
+	$(VENV)/bin/attnkit workbook run --profile $(PROFILE) $(if $(FAMILY),--family $(FAMILY))
 
 # pytest exits 5 when it collects no tests: that is a failure here, not a green run.
 test: $(STAMP)
@@ -53,13 +55,13 @@ format: $(STAMP)
 reference-models: $(STAMP)
 	$(PY) -m attnkit.train.reference $(ARGS)
 
-# The README's tour figures: the workbook's reference profile (no training: notebooks 00 and
-# 02-06 on the shipped models), one figure per notebook copied to docs/ (01_losses.png comes from
-# a `make workbook` run: notebook 01 trains).
+# The README's tour figures: the workbook's reference profile (no training: notebooks detr/00 and
+# detr/02-06 on the shipped models), one figure per notebook copied to docs/ (01_losses.png comes
+# from a `make workbook` run: notebook detr/01 trains). Figures lie in figures/<run name>/.
 DOCS_RUN := runs/workbook/reference
-DOCS_FIGURES := 00_dataset/00_samples 02_attention_maps/02_models_img1_* \
-	03_hungarian_matching/03_costs_img1 04_sparsity/04_sparsity_per_layer \
-	05_paibb/05_paibb_per_layer 06_alpha_entmax/06_alpha_heatmap
+DOCS_FIGURES := detr-00_dataset/00_samples detr-02_attention_maps/02_models_img1_* \
+	detr-03_hungarian_matching/03_costs_img1 detr-04_sparsity/04_sparsity_per_layer \
+	detr-05_paibb/05_paibb_per_layer detr-06_alpha_entmax/06_alpha_heatmap
 docs-figures: $(STAMP)
 	$(VENV)/bin/attnkit workbook run --profile reference --out $(DOCS_RUN)
 	@for f in $(DOCS_FIGURES); do \

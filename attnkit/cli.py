@@ -7,6 +7,8 @@ Examples::
     torchrun --nproc_per_node=4 -m attnkit.cli train --config configs/detr/coco_r50_softmax.yaml \
         --out runs/r50 data.root=/data/coco
     attnkit pretrain-backbone --config configs/detr/shapes_tiny_softmax.yaml --out bb.pt
+    attnkit models
+    attnkit train --config configs/vit/synth_sparsemax.yaml --out runs/vit_sparsemax
     attnkit eval --checkpoint runs/sparsemax/last.pt --out runs/sparsemax/eval
     attnkit analyze --checkpoint runs/sparsemax/last.pt --out runs/sparsemax/analysis
     attnkit analyze --config configs/detr/shapes_tiny_sparsemax.yaml --random-init --out runs/rand
@@ -14,7 +16,7 @@ Examples::
     attnkit config show configs/detr/shapes_tiny_sparsemax.yaml train.lr=2e-4
     attnkit config diff configs/detr/base.yaml runs/my_run
     attnkit workbook list
-    attnkit workbook run --profile smoke --only 00 -p num_samples=8
+    attnkit workbook run --profile smoke --only detr/00 -p num_samples=8
     attnkit bench normalizers --quick
 """
 
@@ -93,7 +95,7 @@ def cmd_train(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     summary = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
-    print(json.dumps(summary, indent=1))
+    print(json.dumps({k: summary[k] for k in ("step", "epoch", "seconds")} | _scalars(summary)))
     return 0
 
 
@@ -114,6 +116,28 @@ def cmd_pretrain_backbone(args) -> int:
     return 0
 
 
+def _scalars(record: dict) -> dict:
+    """The scalar metrics of a record (lists such as confusion matrices left out)."""
+    skip = ("checkpoint", "split", "images", "config", "step", "epoch", "seconds")
+    return {k: v for k, v in record.items() if isinstance(v, (int, float)) and k not in skip}
+
+
+def cmd_models(args) -> int:
+    from attnkit.models.registry import FAMILIES
+    from attnkit.tasks import get_task
+
+    configs = Path(args.configs)
+    for name in sorted(FAMILIES):
+        family = FAMILIES[name]
+        task = get_task(family.task)
+        print(f"{name}  ({task.name}): {family.description}")
+        for variant, text in family.variants.items():
+            print(f"    variant {variant}: {text}")
+        for path in sorted((configs / name).glob("*.yaml")):
+            print(f"    config  {path}")
+    return 0
+
+
 def cmd_eval(args) -> int:
     from attnkit.train.evaluate import evaluate_checkpoint
 
@@ -126,8 +150,7 @@ def cmd_eval(args) -> int:
         args.split,
         progress=not args.quiet,
     )
-    metrics = {k: v for k, v in record.items() if k.startswith("AP")}
-    print(json.dumps(metrics, indent=1))
+    print(json.dumps(_scalars(record), indent=1))
     print(f"wrote {Path(args.out) / 'metrics.json'}")
     return 0
 
@@ -148,9 +171,11 @@ def cmd_analyze(args) -> int:
         zero_threshold=args.zero_threshold,
         progress=not args.quiet,
     )
-    for metric in ("gini", "zeros_ratio", "entropy", "paibb"):
+    sites = summary["meta"]["sites"]
+    for metric in ("gini", "zeros_ratio", "entropy", "distance", "paibb"):
         for layer, stats in summary.get(metric, {}).items():
-            print(f"{metric:<12} {layer:<45} {stats['mean']:.4f} +- {stats['std']:.4f}")
+            site = f"{sites.get(layer, layer)} ({layer})"
+            print(f"{metric:<12} {site:<55} {stats['mean']:.4f} +- {stats['std']:.4f}")
     print(f"wrote {Path(args.out) / 'summary.json'} and {Path(args.out) / 'records.parquet'}")
     return 0
 
@@ -162,8 +187,15 @@ def cmd_workbook_run(args) -> int:
     from attnkit.workbook import run_workbook
 
     only = [o.strip() for o in args.only.split(",")] if args.only else None
+    families = [f.strip() for f in args.family.split(",")] if args.family else None
     results, summary = run_workbook(
-        args.workbook, args.profile, only, _parse_params(args.param), args.out, args.kernel
+        args.workbook,
+        args.profile,
+        only,
+        _parse_params(args.param),
+        args.out,
+        args.kernel,
+        families=families,
     )
     failed = [r for r in results if r.status != "ok"]
     print(f"summary: {summary}")
@@ -176,14 +208,21 @@ def cmd_workbook_run(args) -> int:
 
 
 def cmd_workbook_list(args) -> int:
-    from attnkit.workbook import load_workbook, notebook_parameters
+    from attnkit.workbook import INJECTED, load_workbook, notebook_parameters
+    from attnkit.workbook_spec import full_id, select_entries
 
-    spec = load_workbook(args.workbook)
+    families = [f.strip() for f in args.family.split(",")] if args.family else None
+    entries = select_entries(load_workbook(args.workbook)["notebooks"], families)
+    order = list(dict.fromkeys(e["family"] for e in entries))
     base = Path(args.workbook).parent
-    for entry in spec["notebooks"]:
-        print(f"[{entry['id']}] {entry['notebook']}: {entry.get('description', '')}")
+    shown = None
+    for entry in sorted(entries, key=lambda e: order.index(e["family"])):  # grouped by family
+        if entry["family"] != shown:
+            shown = entry["family"]
+            print(f"== {shown} ==")
+        print(f"[{full_id(entry)}] {entry['notebook']}: {entry.get('description', '')}")
         for name, info in notebook_parameters(base / entry["notebook"]).items():
-            if name in ("figures_dir", "run_dir", "workbook_dir"):
+            if name in INJECTED:
                 continue
             help_text = f"  # {info['help']}" if info.get("help") else ""
             kind = info.get("inferred_type_name")
@@ -246,15 +285,28 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
     pre.set_defaults(func=cmd_pretrain_backbone)
 
+    models = sub.add_parser(
+        "models",
+        help="the model families, their named variants and configs",
+        description="List every registered model family (model.name in a config) with its "
+        "task, named variants and the configs under configs/<family>/.",
+    )
+    models.add_argument("--configs", default="configs", help="configs folder (default configs)")
+    models.set_defaults(func=cmd_models)
+
     ev = sub.add_parser(
         "eval",
-        help="COCO AP of a checkpoint (pycocotools)",
-        description="Evaluate a checkpoint on the val split: OUT/metrics.json (AP, AP50, AP75, "
-        "AP_S, AP_M, AP_L, ARs) and OUT/detections.json (COCO results format).",
+        help="task metrics of a checkpoint (COCO AP, top-1 / top-5, RMSE, ...)",
+        description="Evaluate a checkpoint on the val split with its task's metrics: "
+        "OUT/metrics.json (detection: AP, AP50, AP75, AP_S, AP_M, AP_L, ARs with pycocotools, and "
+        "OUT/detections.json in COCO results format; classification: top1, top5, per-class "
+        "accuracy, confusion matrix; dense regression: MAE, RMSE, R2, error per bin).",
     )
     ev.add_argument("--checkpoint", required=True, help="a last.pt written by `attnkit train`")
     ev.add_argument("--out", required=True, help="output folder")
-    ev.add_argument("--data-root", help="a COCO-format folder (default: the checkpoint's data)")
+    ev.add_argument(
+        "--data-root", help="data.root: a local copy of the checkpoint's dataset (COCO, CIFAR-10)"
+    )
     ev.add_argument("--config", help="config YAML to use instead of the checkpoint's own")
     ev.add_argument("--split", default="val", help="split to evaluate (default val)")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -263,10 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     an = sub.add_parser(
         "analyze",
-        help="attention metrics (Gini, zeros ratio, entropy, PAIBB) per layer and head",
+        help="attention metrics (Gini, zeros ratio, entropy, distance, PAIBB) per site and head",
         description="One streamed eval pass over a split, scoring every query's attention per "
-        "layer and head: OUT/records.parquet (one row per image x layer x head x query) and "
-        "OUT/summary.json ({metric: {layer: {mean, std, per_head}}}, paibb_by_size).",
+        "attention site and head, for any model family: OUT/records.parquet (one row per image "
+        "x site x head x query) and OUT/summary.json ({metric: {layer: {mean, std, per_head}}}, "
+        "plus the task's scores: PAIBB and paibb_by_size for detection).",
     )
     source = an.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a last.pt written by `attnkit train`")
@@ -280,8 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--layers",
         nargs="+",
         metavar="PATTERN",
-        help="attention modules to score (glob or substring; default: every decoder "
-        "cross-attention, '*decoder.layers.*.multihead_attn')",
+        help="attention modules to score (glob or substring; default: the family's sites, "
+        "e.g. DETR's decoder cross-attention '*decoder.layers.*.multihead_attn', every ViT block)",
     )
     an.add_argument(
         "--zero-threshold",
@@ -326,7 +379,14 @@ def build_parser() -> argparse.ArgumentParser:
         "gpu: COCO on a GPU server; reference: no training, analyses the shipped models "
         "(checkpoints/shapes_tiny_*.pt). Default: %(default)s",
     )
-    run.add_argument("--only", help="comma-separated notebook ids, e.g. 00,02")
+    run.add_argument(
+        "--family", help="comma-separated model families to run, e.g. detr,vit (default: all)"
+    )
+    run.add_argument(
+        "--only",
+        help="comma-separated notebook ids, e.g. detr/00,detr/02; a bare id (02) where only one "
+        "family has it",
+    )
     run.add_argument(
         "-p",
         "--param",
@@ -341,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_workbook_run)
     lst = wb_sub.add_parser("list", help="the notebooks, their parameters and profiles")
     lst.add_argument("--workbook", default="notebooks/workbook.yaml")
+    lst.add_argument("--family", help="comma-separated model families (default: all)")
     lst.set_defaults(func=cmd_workbook_list)
 
     bench = sub.add_parser("bench", help="speed/memory benchmarks against the peer libraries")

@@ -1,21 +1,19 @@
-"""The workbook: run the numbered notebooks in batch with papermill and summarise the results.
+"""The workbook: run the numbered notebooks of every model family in batch with papermill.
 
-``notebooks/workbook.yaml`` lists the notebooks in order. Each entry has ``parameters`` (for every
-profile), an optional ``sweep`` (parameter -> list of values: one run per combination) and
-``profiles`` (one of :data:`PROFILES` -> ``{parameters: ..., sweep: ..., skip: ...}`` replacing
-the entry's; ``skip: true`` leaves the notebook out of that profile). The runner injects
-``figures_dir``, ``run_dir`` and ``workbook_dir`` into notebooks that declare them (and replaces
-``{workbook_dir}`` in string parameters, so a notebook can read what an earlier one wrote),
-executes every run into ``out/``, goes on past failures (papermill keeps the failing cell in the
-executed notebook) and writes ``summary.md`` and ``workbook.json``.
+``notebooks/workbook.yaml`` lists the notebooks (``notebooks/<family>/NN_*.ipynb``) in order; see
+:mod:`attnkit.workbook_spec` for its entries (family, id, parameters, sweeps, profiles) and run
+names. :func:`plan_runs` expands it into the runs of one profile (``--family``, ``--only``, ``-p``)
+and resolves the placeholders of :mod:`attnkit.workbook_refs`: ``{run:detr/01:attention=softmax}``
+is the folder of that run, ``{workbook_dir}`` the output folder, so a notebook can read what an
+earlier one wrote. The runner injects ``figures_dir``, ``run_dir`` and ``workbook_dir`` into
+notebooks that declare them, executes every run into ``out/``, goes on past failures (papermill
+keeps the failing cell in the executed notebook) and writes ``summary.md`` (runs grouped by
+family) and ``workbook.json``.
 """
 
 from __future__ import annotations
 
-import difflib
-import itertools
 import json
-import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -23,32 +21,39 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
+from attnkit.runfiles import git_revision
+from attnkit.workbook_refs import check_references, resolve_references, substitute
+from attnkit.workbook_spec import (
+    PROFILES,
+    NotebookRun,
+    WorkbookError,
+    expand_entry,
+    full_id,
+    load_workbook,
+    notebook_parameters,
+    run_folder,
+    select_entries,
+)
 
-PROFILES = ("smoke", "default", "gpu", "reference")
-"""smoke: seconds, for the tests; default: the main job on the synthetic data (a short training);
-gpu: COCO on a GPU server; reference: no training, analyses the shipped reference models."""
+__all__ = [
+    "PROFILES",
+    "NotebookRun",
+    "RunResult",
+    "WorkbookError",
+    "load_workbook",
+    "notebook_parameters",
+    "plan_runs",
+    "run_workbook",
+]
+
 INJECTED = ("figures_dir", "run_dir", "workbook_dir")
-ENTRY_KEYS = {"id", "notebook", "parameters", "sweep", "profiles", "description"}
-PROFILE_KEYS = {"parameters", "sweep", "skip"}
-
-
-class WorkbookError(ValueError):
-    """A workbook spec or parameter that cannot be run; the message says which and where."""
-
-
-@dataclass
-class NotebookRun:
-    """One execution of one notebook with one set of parameters."""
-
-    id: str
-    notebook: Path
-    name: str
-    parameters: dict[str, Any]
+"""Parameters the runner sets in every notebook that declares them (not part of the spec)."""
 
 
 @dataclass
 class RunResult:
+    """What one notebook run produced: its status, duration, executed notebook, figures, tables."""
+
     run: NotebookRun
     status: str  # "ok" | "failed"
     seconds: float
@@ -58,104 +63,39 @@ class RunResult:
     error: str = ""
 
 
-def notebook_parameters(path: str | Path) -> dict[str, dict]:
-    """The parameters a notebook declares in its ``parameters`` cell (papermill's inspection)."""
-    import papermill
-
-    return papermill.inspect_notebook(str(path))
-
-
-def load_workbook(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise WorkbookError(f"workbook spec not found: {path}")
-    spec = yaml.safe_load(path.read_text()) or {}
-    entries = spec.get("notebooks")
-    if not isinstance(entries, list) or not entries:
-        raise WorkbookError(f"{path}: needs a non-empty 'notebooks' list")
-    for entry in entries:
-        unknown = set(entry) - ENTRY_KEYS
-        if unknown:
-            raise WorkbookError(f"{path}: entry {entry.get('id')!r} has unknown keys {unknown}")
-        if "id" not in entry or "notebook" not in entry:
-            raise WorkbookError(f"{path}: every entry needs 'id' and 'notebook': {entry}")
-        for profile, chosen in (entry.get("profiles", {}) or {}).items():
-            if profile not in PROFILES:
-                raise WorkbookError(
-                    f"{path}: entry {entry['id']!r}: unknown profile {profile!r} "
-                    f"(profiles: {', '.join(PROFILES)})"
-                )
-            unknown = set(chosen or {}) - PROFILE_KEYS
-            if unknown:
-                raise WorkbookError(
-                    f"{path}: entry {entry['id']!r}, profile {profile!r}: unknown keys {unknown} "
-                    f"(allowed: {', '.join(sorted(PROFILE_KEYS))})"
-                )
-    return spec
-
-
-def _run_name(entry_id: str, notebook: Path, sweep_values: Mapping[str, Any]) -> str:
-    stem = notebook.stem
-    name = stem if stem.startswith(str(entry_id)) else f"{entry_id}_{stem}"
-    for key, value in sweep_values.items():
-        name += f"__{key}-{value}"
-    return "".join(c if c.isalnum() or c in "-_.=" else "-" for c in name)
-
-
-def _check_declared(params: Mapping, declared: Mapping, where: str) -> None:
-    for key in params:
-        if key not in declared:
-            close = difflib.get_close_matches(key, list(declared), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise WorkbookError(f"{where}: parameter {key!r} is not declared by the notebook{hint}")
-
-
 def plan_runs(
     workbook: str | Path,
     profile: str = "default",
     only: list[str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    families: list[str] | None = None,
+    out_dir: str | Path | None = None,
 ) -> list[NotebookRun]:
-    """Expand the workbook into the runs of ``profile`` (filtered by ``only`` notebook ids).
+    """Expand the workbook into the runs of ``profile`` for ``families`` (default: all).
 
+    ``only`` narrows to full (``detr/02``) or unambiguous bare (``02``) notebook ids.
     ``overrides`` (``-p key=value``) apply to every selected notebook that declares the key and
-    replace a sweep over that key; a key no selected notebook declares is an error.
+    replace a sweep over that key; a key no selected notebook declares is an error. Every
+    ``{run:...}`` placeholder must name a run of the profile that executes earlier, or (given
+    ``out_dir``) one whose folder already exists there.
     """
     if profile not in PROFILES:
         raise WorkbookError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
     workbook = Path(workbook)
-    spec = load_workbook(workbook)
-    entries = spec["notebooks"]
-    if only:
-        known = [str(e["id"]) for e in entries]
-        missing = [o for o in only if o not in known]
-        if missing:
-            raise WorkbookError(f"--only names unknown notebooks {missing}; known: {known}")
-        entries = [e for e in entries if str(e["id"]) in only]
+    entries = load_workbook(workbook)["notebooks"]
+    selected = {full_id(e) for e in select_entries(entries, families, only)}
     overrides = dict(overrides or {})
     used: set[str] = set()
-    runs = []
+    runs_by_id: dict[str, list[NotebookRun]] = {}
     for entry in entries:
-        notebook = (workbook.parent / entry["notebook"]).resolve()
-        declared = notebook_parameters(notebook)
-        chosen = (entry.get("profiles") or {}).get(profile) or {}
-        if chosen.get("skip"):
+        if full_id(entry) not in selected:  # only referenced: its names, no checks
+            runs_by_id[full_id(entry)] = expand_entry(entry, profile, workbook)
             continue
-        params = {**(entry.get("parameters") or {}), **(chosen.get("parameters") or {})}
-        sweep = dict(chosen.get("sweep", entry.get("sweep")) or {})
-        where = f"{workbook}: notebook {entry['id']} ({profile})"
-        _check_declared(params, declared, where)
-        _check_declared(sweep, declared, where + " sweep")
-        for key, value in overrides.items():
-            if key in declared:
-                used.add(key)
-                params[key] = value
-                sweep.pop(key, None)
-        keys = list(sweep)
-        for values in itertools.product(*(sweep[k] for k in keys)) if keys else [()]:
-            sweep_values = dict(zip(keys, values))
-            name = _run_name(str(entry["id"]), notebook, sweep_values)
-            runs.append(NotebookRun(str(entry["id"]), notebook, name, {**params, **sweep_values}))
+        declared = notebook_parameters((workbook.parent / entry["notebook"]).resolve())
+        applied = {k: v for k, v in overrides.items() if k in declared}
+        used.update(applied)
+        runs_by_id[full_id(entry)] = expand_entry(entry, profile, workbook, applied, declared)
+    runs = [run for key in runs_by_id if key in selected for run in runs_by_id[key]]
     if not runs:
         raise WorkbookError(
             f"profile {profile!r} runs none of the selected notebooks (they are skipped there)"
@@ -166,6 +106,14 @@ def plan_runs(
             f"-p {', '.join(sorted(unused))}: not a parameter of any selected notebook "
             "(see `attnkit workbook list`)"
         )
+    names = [run.name for group in runs_by_id.values() for run in group]
+    clashes = sorted({name for name in names if names.count(name) > 1})
+    if clashes:
+        raise WorkbookError(f"{workbook}: several runs would be named {', '.join(clashes)}")
+    for run in runs:
+        where = f"{workbook}: notebook {run.id} ({profile})"
+        run.refs = resolve_references(run, runs_by_id, profile, where)
+    check_references(runs, out_dir)
     return runs
 
 
@@ -176,34 +124,18 @@ def default_kernel() -> str:
     return "attnkit" if "attnkit" in KernelSpecManager().find_kernel_specs() else "python3"
 
 
-def _substitute(value: Any, names: Mapping[str, str]) -> Any:
-    """Replace ``{workbook_dir}`` in string parameter values (recursively in lists and dicts).
-
-    Lets a notebook use what an earlier one wrote, e.g.
-    ``checkpoint: "{workbook_dir}/runs/01_train__attention-sparsemax/last.pt"``.
-    """
-    if isinstance(value, str):
-        for key, replacement in names.items():
-            value = value.replace("{" + key + "}", replacement)
-        return value
-    if isinstance(value, list):
-        return [_substitute(v, names) for v in value]
-    if isinstance(value, dict):
-        return {k: _substitute(v, names) for k, v in value.items()}
-    return value
-
-
 def _execute(run: NotebookRun, out_dir: Path, kernel_name: str) -> RunResult:
+    """Run one notebook with papermill (cwd: its folder); a failure is recorded, never raised."""
     import papermill
 
     output = out_dir / f"{run.name}.ipynb"
     figures = out_dir / "figures" / run.name
-    run_dir = out_dir / "runs" / run.name
+    run_dir = run_folder(out_dir, run.name)
     declared = notebook_parameters(run.notebook)
     injected = {"figures_dir": str(figures), "run_dir": str(run_dir), "workbook_dir": str(out_dir)}
     params = {
         **{k: v for k, v in injected.items() if k in declared},
-        **_substitute(run.parameters, {"workbook_dir": str(out_dir)}),
+        **substitute(run.parameters, out_dir, run.refs),
     }
     figures.mkdir(parents=True, exist_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -229,25 +161,12 @@ def _execute(run: NotebookRun, out_dir: Path, kernel_name: str) -> RunResult:
     return RunResult(run, status, seconds, output, pngs, tables, error)
 
 
-def _git_revision() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def write_summary(results: list[RunResult], out_dir: Path, profile: str) -> Path:
-    """``summary.md``: every run with status, duration and links to its figures and tables."""
-    total = sum(r.seconds for r in results)
-    failed = [r for r in results if r.status != "ok"]
+def _family_lines(results: list[RunResult], out_dir: Path) -> list[str]:
+    """One family's part of ``summary.md``: its total, a table of its runs, then each run."""
+    failed = sum(r.status != "ok" for r in results)
+    seconds = sum(r.seconds for r in results)
     lines = [
-        f"# attnkit workbook: profile `{profile}`",
-        "",
-        f"{datetime.now():%Y-%m-%d %H:%M}, git `{_git_revision()}`, {len(results)} runs, "
-        f"{len(failed)} failed, {total:.0f} s in all.",
+        f"{len(results)} runs, {failed} failed, {seconds:.0f} s in all.",
         "",
         "| run | status | duration | notebook | figures |",
         "|---|---|---|---|---|",
@@ -259,7 +178,7 @@ def write_summary(results: list[RunResult], out_dir: Path, profile: str) -> Path
             f"| {r.run.name} | {mark} | {r.seconds:.1f} s | [{nb}]({nb}) | {len(r.figures)} |"
         )
     for r in results:
-        lines += ["", f"## {r.run.name}", ""]
+        lines += ["", f"### {r.run.name}", ""]
         params = ", ".join(f"`{k}={v}`" for k, v in r.run.parameters.items())
         lines.append(f"Parameters: {params or 'defaults'}")
         for table in r.tables:
@@ -269,6 +188,28 @@ def write_summary(results: list[RunResult], out_dir: Path, profile: str) -> Path
             rel = png.relative_to(out_dir)
             pdf = rel.with_suffix(".pdf")
             lines += ["", f"![{png.stem}]({rel})", f"[{png.stem} (PDF)]({pdf})"]
+    return lines
+
+
+def write_summary(results: list[RunResult], out_dir: Path, profile: str) -> Path:
+    """``summary.md`` with the runs grouped by family, and ``workbook.json``; returns the first.
+
+    Per family (``## detr``): its total seconds, then every run with status, duration and links
+    to its figures and tables.
+    """
+    total = sum(r.seconds for r in results)
+    failed = [r for r in results if r.status != "ok"]
+    lines = [
+        f"# attnkit workbook: profile `{profile}`",
+        "",
+        f"{datetime.now():%Y-%m-%d %H:%M}, git `{git_revision(short=True)}`, {len(results)} runs, "
+        f"{len(failed)} failed, {total:.0f} s in all.",
+    ]
+    families: dict[str, list[RunResult]] = {}
+    for r in results:
+        families.setdefault(r.run.family, []).append(r)
+    for family, group in families.items():
+        lines += ["", f"## {family}", "", *_family_lines(group, out_dir)]
     path = out_dir / "summary.md"
     path.write_text("\n".join(lines) + "\n")
     (out_dir / "workbook.json").write_text(
@@ -292,14 +233,19 @@ def run_workbook(
     out_dir: str | Path | None = None,
     kernel_name: str | None = None,
     progress: bool = True,
+    families: list[str] | None = None,
 ) -> tuple[list[RunResult], Path]:
-    """Execute the workbook; returns the results and the summary path. Never stops early."""
+    """Execute the workbook; returns the results and the summary path.
+
+    Every check (spec, parameters, ``{run:...}`` references) happens before the first notebook
+    starts; after that it never stops early: a failing notebook is recorded and the rest run.
+    """
     from tqdm.auto import tqdm
 
-    runs = plan_runs(workbook, profile, only, overrides)
     if out_dir is None:
         out_dir = Path("runs") / "workbook" / datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir = Path(out_dir).resolve()
+    runs = plan_runs(workbook, profile, only, overrides, families, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     kernel_name = kernel_name or default_kernel()
     results = []

@@ -515,11 +515,11 @@ def test_alpha_notebook_runs_on_a_given_log(tmp_path, repo_root):
     log.write_text("".join(json.dumps(r) + "\n" for r in make_records()))
     figures, out = tmp_path / "figures", tmp_path / "out"
     papermill.execute_notebook(
-        str(repo_root / "notebooks" / "06_alpha_entmax.ipynb"),
+        str(repo_root / "notebooks" / "detr" / "06_alpha_entmax.ipynb"),
         str(tmp_path / "06.ipynb"),
         parameters={"run": str(log), "figures_dir": str(figures), "run_dir": str(out)},
         kernel_name=default_kernel(),
-        cwd=str(repo_root / "notebooks"),
+        cwd=str(repo_root / "notebooks" / "detr"),
         progress_bar=False,
     )
     assert sorted(p.name for p in figures.glob("*.png")) == [

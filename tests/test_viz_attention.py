@@ -264,11 +264,11 @@ def test_notebook_runs_under_papermill(
     if notebook.startswith("03"):
         params["run_dir"] = str(run_dir)
     papermill.execute_notebook(
-        str(repo_root / "notebooks" / notebook),
+        str(repo_root / "notebooks" / "detr" / notebook),
         str(tmp_path / notebook),
         parameters=params,
         kernel_name="attnkit",
-        cwd=str(repo_root / "notebooks"),
+        cwd=str(repo_root / "notebooks" / "detr"),
         progress_bar=False,
     )
     pngs = sorted(p.name for p in figures.glob("*.png"))

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from attnkit.runfiles import resolve_checkpoint
+
 __all__ = ["analyze_models", "load_records", "resolve_models"]
 
 
@@ -29,7 +31,7 @@ def resolve_models(models: Sequence[str] | Mapping[str, str | Path]) -> dict[str
     out = {}
     for name, path in models.items():
         path = Path(path).expanduser()
-        out[str(name)] = path / "last.pt" if path.is_dir() else path
+        out[str(name)] = resolve_checkpoint(path)
     return out
 
 

@@ -27,6 +27,8 @@ from attnkit.data.coco import collate_detection
 from attnkit.data.transforms import original_boxes
 from attnkit.models.detr.matcher import HungarianMatcher, cost_terms
 from attnkit.models.detr.postprocess import PostProcess
+from attnkit.runfiles import resolve_checkpoint
+from attnkit.tasks.detection import build_matcher
 
 __all__ = [
     "COST_TERMS",
@@ -289,7 +291,7 @@ def load_model(
     else:
         path = Path(spec).expanduser()
         label = label or (path.name if path.is_dir() else path.stem)
-        path = path / "last.pt" if path.is_dir() else path
+        path = resolve_checkpoint(path)
     model, cfg = model_from_checkpoint(path, overrides, device=device)
     if random_init:
         torch.manual_seed(cfg.seed)
@@ -345,7 +347,7 @@ def inspect_models(
                 datasets[key] = build_dataset(cfg.data, "val", train=False)
             dataset = datasets[key]
             indices = _indices_of(dataset, image_ids, num_images)
-            matcher = HungarianMatcher(cfg.loss.cost_class, cfg.loss.cost_bbox, cfg.loss.cost_giou)
+            matcher = build_matcher(cfg.loss)
             out[label] = inspect_images(
                 model, dataset, indices, matcher, layers, score_threshold, model_name=label
             )

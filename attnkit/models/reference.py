@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 
 import torch
+
+from attnkit.runfiles import CHECKPOINT_NAME, git_revision
 
 REFERENCE_NORMALIZERS = ("softmax", "sparsemax", "entmax15", "alpha_entmax")
 
@@ -46,23 +47,13 @@ def reference_metrics_log(normalizer: str) -> Path:
     return reference_checkpoint(normalizer).with_suffix(".metrics.jsonl")
 
 
-def _git_revision() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def export_reference(run_dir: str | Path, out_path: str | Path, command: str = "") -> Path:
     """Write a run's ``last.pt`` as a shippable checkpoint: fp16 weights, config, provenance.
 
     Buffers that must stay exact (integer, e.g. batch-norm counters) keep their dtype.
     """
     run_dir, out_path = Path(run_dir), Path(out_path)
-    ckpt = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
+    ckpt = torch.load(run_dir / CHECKPOINT_NAME, map_location="cpu", weights_only=True)
     model = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
     summary_path = run_dir / "train_summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
@@ -70,7 +61,7 @@ def export_reference(run_dir: str | Path, out_path: str | Path, command: str = "
     records = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
     provenance = {
         "command": command,
-        "git_revision": _git_revision(),
+        "git_revision": git_revision(),
         "exported": time.strftime("%Y-%m-%d %H:%M:%S"),
         "train_seconds": summary.get("seconds"),
         "steps": ckpt.get("step"),

@@ -74,7 +74,10 @@ def param_groups(model: nn.Module, train_cfg) -> list[dict]:
         )
         entry["params"].append(param)
     order = ["default", "backbone", "alpha"]
-    return sorted(groups.values(), key=lambda g: (order.index(g["name"]) if g["name"] in order else 3, g["name"]))
+    return sorted(
+        groups.values(),
+        key=lambda g: (order.index(g["name"]) if g["name"] in order else 3, g["name"]),
+    )
 
 
 def build_optimizer(model: nn.Module, train_cfg) -> torch.optim.Optimizer:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from attnkit.config import load_config
 from attnkit.models.reference import REFERENCE_NORMALIZERS, checkpoints_dir, export_reference
+from attnkit.runfiles import CHECKPOINT_NAME
 from attnkit.train.evaluate import evaluate_checkpoint
 from attnkit.train.loop import train
 from attnkit.train.pretrain_backbone import pretrain_backbone
@@ -60,8 +61,8 @@ def make_reference(
     else:
         overrides = [*FINETUNE, f"train.init_from={runs / BASE}", *overrides]
     cfg = load_config(_config(normalizer), overrides)
-    train(cfg, run_dir, resume=(run_dir / "last.pt").exists(), progress=progress)
-    metrics = evaluate_checkpoint(run_dir / "last.pt", run_dir / "eval", progress=progress)
+    train(cfg, run_dir, resume=(run_dir / CHECKPOINT_NAME).exists(), progress=progress)
+    metrics = evaluate_checkpoint(run_dir / CHECKPOINT_NAME, run_dir / "eval", progress=progress)
     out = export_reference(run_dir, checkpoints_dir() / f"shapes_tiny_{normalizer}.pt", command)
     return {"checkpoint": str(out), **{k: metrics[k] for k in metrics if k.startswith("AP")}}
 
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
         print(json.dumps({"backbone": str(backbone), **metrics}, indent=1))
     runs = Path(args.runs)
     order = sorted(args.normalizers, key=lambda n: n != BASE)  # the base model first
-    if BASE not in order and not (runs / BASE / "last.pt").is_file():
+    if BASE not in order and not (runs / BASE / CHECKPOINT_NAME).is_file():
         parser.error(f"the fine-tuned models start from {runs / BASE}: train {BASE} first")
     base_overrides = [f"train.epochs={args.base_epochs}"] if args.base_epochs else []
     if args.base_lr_drop:
