@@ -66,7 +66,7 @@ class Scorer(Protocol):
         """Columns ``[N, H, Q]`` for this site (None: not applicable); updates ``stats``."""
 
 
-def _threshold_for(record: AttentionRecord, module, options: AnalysisOptions) -> float | None:
+def _threshold_for(module, options: AnalysisOptions) -> float | None:
     if options.zero_threshold is not None:
         return options.zero_threshold
     name = getattr(getattr(module, "normalizer", None), "name", "softmax")
@@ -128,7 +128,7 @@ class AttentionAnalysis:
         weights = record.weights.float()  # [N, H, Q, K]
         kpm = record.key_padding_mask  # [N, K] or None
         mask = None if kpm is None else kpm[:, None, None, :]  # [N, 1, 1, K]
-        threshold = _threshold_for(record, self.modules.get(record.name), self.options)
+        threshold = _threshold_for(self.modules.get(record.name), self.options)
         values = {
             "gini": gini(weights, mask),
             "zeros_ratio": zeros_ratio(weights, threshold, mask),

@@ -73,11 +73,8 @@ def param_groups(model: nn.Module, train_cfg) -> list[dict]:
             },
         )
         entry["params"].append(param)
-    order = ["default", "backbone", "alpha"]
-    return sorted(
-        groups.values(),
-        key=lambda g: (order.index(g["name"]) if g["name"] in order else 3, g["name"]),
-    )
+    first = {"default": 0, "backbone": 1, "alpha": 2}  # DETR's groups keep their order
+    return sorted(groups.values(), key=lambda g: (first.get(g["name"], 3), g["name"]))
 
 
 def build_optimizer(model: nn.Module, train_cfg) -> torch.optim.Optimizer:
