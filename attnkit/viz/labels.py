@@ -2,7 +2,11 @@
 
 Attention modules are named as in ``model.named_modules()``
 (``transformer.decoder.layers.2.multihead_attn``); figures call them ``layer 3`` (1-based, as the
-thesis does), with ``enc``/``self`` marking encoder and decoder self-attention. Models compared in
+thesis does), with ``enc``/``self`` marking encoder and decoder self-attention. Other families
+name their sites themselves: pass ``sites`` (``{module name: label}``, the ``meta.sites`` of an
+analysis ``summary.json``) and those labels win; without them a name with blocks gets a label
+that keeps them apart (``blocks.1.attn`` -> ``block 2``, ``layers.0.blocks.1.attn`` ->
+``layer 1 block 2``) instead of collapsing on the layer number. Models compared in
 a figure are named after their normalizer, optionally with a suffix (``sparsemax (random init)``);
 :func:`model_color` gives every name that contains a normalizer that normalizer's colour.
 """
@@ -10,7 +14,7 @@ a figure are named after their normalizer, optionally with a suffix (``sparsemax
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import seaborn as sns
 
@@ -18,6 +22,7 @@ from attnkit.viz.style import NORMALIZER_COLORS
 
 __all__ = [
     "RANDOM_SUFFIX",
+    "block_index",
     "layer_index",
     "layer_label",
     "layer_labels",
@@ -37,6 +42,10 @@ NORMALIZER_LABELS = {
 }
 RANDOM_SUFFIX = " (random init)"
 _LAYER_RE = re.compile(r"layers\.(\d+)")
+_BLOCK_RE = re.compile(r"blocks\.(\d+)")
+_DIGITS = re.compile(r"(\d+)")
+
+Sites = Mapping[str, str] | None
 
 
 def layer_index(name: str) -> int:
@@ -45,17 +54,29 @@ def layer_index(name: str) -> int:
     return int(found[-1]) if found else -1
 
 
-def layer_label(name: str) -> str:
-    """``transformer.decoder.layers.2.multihead_attn`` -> ``layer 3``.
+def block_index(name: str) -> int:
+    """The 0-based block number in a module name (``...blocks.3...`` -> 3); -1 if none."""
+    found = _BLOCK_RE.findall(str(name))
+    return int(found[-1]) if found else -1
+
+
+def layer_label(name: str, sites: Sites = None) -> str:
+    """``transformer.decoder.layers.2.multihead_attn`` -> ``layer 3``; ``sites[name]`` if given.
 
     Decoder cross-attention is the plain ``layer k``; decoder self-attention is
-    ``layer k self``; encoder (self-attention) layers are ``enc layer k``. Names without a layer number are
-    returned unchanged.
+    ``layer k self``; encoder (self-attention) layers are ``enc layer k``. A block number is
+    kept (``layers.0.blocks.1.attn`` -> ``layer 1 block 2``, ``blocks.3.attn`` -> ``block 4``).
+    Names without a layer or block number, and not in ``sites``, are returned unchanged.
     """
-    index = layer_index(name)
-    if index < 0:
+    if sites and name in sites:
+        return str(sites[name])
+    index, block = layer_index(name), block_index(name)
+    if index < 0 and block < 0:
         return str(name)
-    label = f"layer {index + 1}"
+    parts = [f"layer {index + 1}"] if index >= 0 else []
+    if block >= 0:
+        parts.append(f"block {block + 1}")
+    label = " ".join(parts)
     if "encoder" in name:
         label = "enc " + label
     elif name.endswith("self_attn"):
@@ -63,15 +84,35 @@ def layer_label(name: str) -> str:
     return label
 
 
-def sort_layers(names: Iterable[str]) -> list[str]:
-    """Module names in model order: encoder before decoder, then by layer number."""
+def _natural(name: str) -> tuple:
+    """A sort key comparing the numbers in ``name`` as numbers (``block 2`` < ``block 10``)."""
+    return tuple(int(p) if p.isdigit() else p for p in _DIGITS.split(str(name)))
+
+
+def sort_layers(names: Iterable[str], sites: Sites = None) -> list[str]:
+    """Module names in model order: encoder before decoder, then by layer and block number.
+
+    With ``sites``, the names it lists come first, in its order (``meta.sites`` is in model
+    order), then the others as without it.
+    """
     unique = list(dict.fromkeys(names))
-    return sorted(unique, key=lambda n: ("decoder" in n, layer_index(n), "multihead" in n, n))
+    order = {name: i for i, name in enumerate(sites or {})}
+    return sorted(
+        unique,
+        key=lambda n: (
+            order.get(n, len(order)),
+            "decoder" in n,
+            layer_index(n),
+            block_index(n),
+            "multihead" in n,
+            _natural(n),
+        ),
+    )
 
 
-def layer_labels(names: Iterable[str]) -> dict[str, str]:
+def layer_labels(names: Iterable[str], sites: Sites = None) -> dict[str, str]:
     """``{module name: label}`` in model order (for ``tables.summary_table(layers=...)``)."""
-    return {n: layer_label(n) for n in sort_layers(names)}
+    return {n: layer_label(n, sites) for n in sort_layers(names, sites)}
 
 
 def normalizer_of(model_name: str) -> str | None:
