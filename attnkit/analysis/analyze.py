@@ -33,13 +33,13 @@ import torch
 
 from attnkit.analysis.metrics import (
     RunningStats,
-    attention_distance,
     entropy,
     gini,
     support_size,
     zeros_ratio,
 )
 from attnkit.analysis.recorder import AttentionRecord, AttentionRecorder
+from attnkit.attention.layout import KeyLayout
 
 DENSE_THRESHOLD = 1e-6  # the thesis's zero threshold for dense (softmax) maps
 MAP_METRICS = ("gini", "zeros_ratio", "entropy", "support", "distance")
@@ -73,16 +73,31 @@ def _threshold_for(module, options: AnalysisOptions) -> float | None:
     return DENSE_THRESHOLD if name == "softmax" else None
 
 
+def layout_of(record: AttentionRecord) -> KeyLayout | None:
+    """The record's key layout: emitted as ``meta["layout"]``, else a plain grid of its
+    ``key_grid`` after ``meta["prefix_tokens"]`` tokens, else None (keys not on the image)."""
+    layout = record.meta.get("layout")
+    if layout is None and record.key_grid is not None:
+        prefix = int(record.meta.get("prefix_tokens", 0))
+        layout = KeyLayout("grid", record.key_grid, prefix_tokens=prefix)
+    return layout
+
+
 def _distance(weights: torch.Tensor, record: AttentionRecord, image_hw) -> torch.Tensor:
-    """Mean attention distance in pixels ``[N, H, Q]`` of grid self-attention; NaN elsewhere."""
+    """Mean attention distance in pixels ``[N, H, Q]`` of self-attention over image tokens
+    (the queries are the keys: a grid, windows or dilated partitions); NaN elsewhere."""
     n, h, q, k = weights.shape
-    grid = record.key_grid
-    prefix = int(record.meta.get("prefix_tokens", 0))
     out = torch.full((n, h, q), float("nan"))
-    if grid is None or q != k or k != prefix + grid[0] * grid[1]:
+    layout = layout_of(record)
+    if layout is None or q != k or k != layout.keys_per_row:
         return out
-    cell = (image_hw[0] / grid[0], image_hw[1] / grid[1])  # pixels per grid cell
-    out[:, :, prefix:] = attention_distance(weights[:, :, prefix:, prefix:], grid, cell_size=cell)
+    p, (gh, gw) = layout.prefix_tokens, layout.grid
+    dist = layout.distances((image_hw[0] / gh, image_hw[1] / gw))  # [parts, K', K']
+    dist = dist[torch.arange(n) % layout.num_parts]  # [N, K', K']: each row's window
+    w = weights[:, :, p:, p:].to(torch.float64)  # [N, H, K', K']
+    mass = w.sum(-1)  # [N, H, K']
+    mean = torch.einsum("nhqk,nqk->nhq", w, dist) / mass
+    out[:, :, p:] = torch.where(mass > 0, mean, torch.nan).float()
     return out
 
 
