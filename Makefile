@@ -55,20 +55,23 @@ format: $(STAMP)
 reference-models: $(STAMP)
 	$(PY) -m attnkit.train.reference $(ARGS)
 
-# The README's tour figures: the workbook's reference profile (no training: notebooks detr/00 and
-# detr/02-06 on the shipped models), one figure per notebook copied to docs/ (01_losses.png comes
-# from a `make workbook` run: notebook detr/01 trains). Figures lie in figures/<run name>/.
+# The README's tour figures: the workbook's reference profile (no training: the notebooks that
+# analyse the shipped models), one figure per notebook copied to docs/<family>/ (the 01 training
+# figures come from a `make workbook` run: notebook 01 trains). Figures lie in
+# figures/<run name>/, run names start with the family.
 DOCS_RUN := runs/workbook/reference
 DOCS_FIGURES := detr-00_dataset/00_samples detr-02_attention_maps/02_models_img1_* \
 	detr-03_hungarian_matching/03_costs_img1 detr-04_sparsity/04_sparsity_per_layer \
-	detr-05_paibb/05_paibb_per_layer detr-06_alpha_entmax/06_alpha_heatmap
+	detr-05_paibb/05_paibb_per_layer detr-06_alpha_entmax/06_alpha_heatmap \
+	vit-00_dataset/00_samples vit-02_attention/02_query_centre_sparsemax
 docs-figures: $(STAMP)
 	$(VENV)/bin/attnkit workbook run --profile reference --out $(DOCS_RUN)
 	@for f in $(DOCS_FIGURES); do \
 		src=$$(ls $(DOCS_RUN)/figures/$$f.png 2>/dev/null | head -n 1); \
 		test -n "$$src" || { echo "no figure $$f.png in $(DOCS_RUN)" >&2; exit 1; }; \
-		name=$$(basename $$f | sed 's/_img1.*//'); \
-		cp $$src docs/$$name.png || exit 1; echo "docs/$$name.png <- $$src"; \
+		family=$${f%%-*}; name=$$(basename $$f | sed 's/_img1.*//; s/_sparsemax$$//'); \
+		mkdir -p docs/$$family; \
+		cp $$src docs/$$family/$$name.png || exit 1; echo "docs/$$family/$$name.png <- $$src"; \
 	done
 
 clean:

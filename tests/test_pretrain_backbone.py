@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 
 from attnkit.data.coco import CocoDetection
-from attnkit.models.detr.backbone import Backbone, resolve_weights_path
+from attnkit.models.detr.backbone import Backbone
 from attnkit.models.detr.tiny_cnn import TinyCNN
+from attnkit.runfiles import resolve_shipped_path
 from attnkit.train.pretrain_backbone import (
     _overlap_fraction,
     _square_crop,
@@ -99,10 +100,10 @@ def test_checkpoints_placeholder_prefers_the_env_folder_then_the_repo(tmp_path, 
     from attnkit.models.reference import REPO_CHECKPOINTS
 
     monkeypatch.setenv("ATTNKIT_CHECKPOINTS", str(tmp_path))
-    assert resolve_weights_path("{checkpoints}/x.pt") == REPO_CHECKPOINTS / "x.pt"
+    assert resolve_shipped_path("{checkpoints}/x.pt") == REPO_CHECKPOINTS / "x.pt"
     (tmp_path / "x.pt").write_bytes(b"")
-    assert resolve_weights_path("{checkpoints}/x.pt") == tmp_path / "x.pt"
-    assert resolve_weights_path("~/y.pt") == resolve_weights_path("~/y.pt").expanduser()
+    assert resolve_shipped_path("{checkpoints}/x.pt") == tmp_path / "x.pt"
+    assert resolve_shipped_path("~/y.pt") == resolve_shipped_path("~/y.pt").expanduser()
 
 
 def test_pretraining_learns_and_writes_a_loadable_body(tmp_path):

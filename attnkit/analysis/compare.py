@@ -20,7 +20,8 @@ __all__ = ["analyze_models", "load_records", "resolve_models"]
 def resolve_models(models: Sequence[str] | Mapping[str, str | Path]) -> dict[str, Path]:
     """``{name: checkpoint}`` from shipped normalizer names or ``{name: checkpoint | run dir}``.
 
-    A run folder stands for its ``last.pt``.
+    A run folder stands for its ``last.pt``; ``{checkpoints}/<file>`` names a shipped model
+    (``checkpoints/vit_synth_sparsemax.pt``, say).
     """
     from attnkit.models.reference import reference_checkpoint
 
@@ -28,11 +29,7 @@ def resolve_models(models: Sequence[str] | Mapping[str, str | Path]) -> dict[str
         models = [models]
     if not isinstance(models, Mapping):
         return {str(name): reference_checkpoint(name) for name in models}
-    out = {}
-    for name, path in models.items():
-        path = Path(path).expanduser()
-        out[str(name)] = resolve_checkpoint(path)
-    return out
+    return {str(name): resolve_checkpoint(path) for name, path in models.items()}
 
 
 def analyze_models(

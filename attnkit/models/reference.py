@@ -9,25 +9,30 @@ reference-models`` retrains them all.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
 
-from attnkit.runfiles import CHECKPOINT_NAME, git_revision
+from attnkit.runfiles import (
+    CHECKPOINT_NAME,
+    REPO_CHECKPOINTS,
+    checkpoints_dir,
+    git_revision,
+    resolve_shipped_path,
+)
+
+__all__ = [
+    "REFERENCE_NORMALIZERS",
+    "REPO_CHECKPOINTS",
+    "checkpoints_dir",
+    "export_reference",
+    "reference_checkpoint",
+    "reference_metrics_log",
+    "resolve_shipped_path",
+]
 
 REFERENCE_NORMALIZERS = ("softmax", "sparsemax", "entmax15", "alpha_entmax")
-
-
-REPO_CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
-"""The repository's folder of shipped models."""
-
-
-def checkpoints_dir() -> Path:
-    """``$ATTNKIT_CHECKPOINTS``, else the repository's ``checkpoints/`` folder."""
-    env = os.environ.get("ATTNKIT_CHECKPOINTS")
-    return Path(env) if env else REPO_CHECKPOINTS
 
 
 def reference_checkpoint(normalizer: str) -> Path:
@@ -66,7 +71,11 @@ def export_reference(run_dir: str | Path, out_path: str | Path, command: str = "
         "train_seconds": summary.get("seconds"),
         "steps": ckpt.get("step"),
         "epochs": ckpt.get("epoch"),
-        "final_metrics": {k: v for k, v in summary.items() if k.startswith(("AP", "AR"))},
+        "final_metrics": {
+            k: v
+            for k, v in summary.items()
+            if isinstance(v, float) and k not in ("seconds", "loss")
+        },
         "train_log_records": len(records),
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)

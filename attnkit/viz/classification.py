@@ -24,8 +24,10 @@ __all__ = [
     "plot_class_counts",
     "plot_class_samples",
     "plot_confusion_matrix",
+    "plot_training_curves",
 ]
 
+TRAIN_TITLES = {"loss": "train loss", "accuracy": "train accuracy (batches)"}
 ACCURACY_LABELS = {"top1": "top-1", "top5": "top-5", "mean_class_accuracy": "mean class acc."}
 
 
@@ -44,9 +46,14 @@ def plot_class_samples(
     """A grid: one row per class (named on the left), its first ``per_class`` images."""
     labels = np.asarray(labels)
     fig, axes = image_grid(
-        len(class_names), per_class, images.shape[1:3], width * TEXT_WIDTH_IN,
-        margins=(0.75, 0.05, 0.05, 0.05), pad=(0.03, 0.03), max_cell=0.6,
-    )  # fmt: skip
+        len(class_names),
+        per_class,
+        images.shape[1:3],
+        width * TEXT_WIDTH_IN,
+        margins=(0.75, 0.05, 0.05, 0.05),
+        pad=(0.03, 0.03),
+        max_cell=0.6,
+    )
     for r, name in enumerate(class_names):
         found = np.flatnonzero(labels == r)[:per_class]
         for c in range(per_class):
@@ -103,14 +110,21 @@ def plot_confusion_matrix(
     im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
     for (r, c), v in np.ndenumerate(frac):
         if not np.isnan(v) and v >= 0.005:
-            ax.text(c, r, f"{100 * v:.0f}", ha="center", va="center", fontsize=5,
-                    color="white" if v > 0.55 else "black")  # fmt: skip
+            ax.text(
+                c,
+                r,
+                f"{100 * v:.0f}",
+                ha="center",
+                va="center",
+                fontsize=5,
+                color="white" if v > 0.55 else "black",
+            )
     ticks = range(len(class_names))
     ax.set_xticks(ticks, class_names, rotation=45, ha="right", fontsize=6)
     ax.set_yticks(ticks, class_names, fontsize=6)
     ax.tick_params(length=0)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
+    ax.set_xlabel("predicted class", fontsize=7)
+    ax.set_ylabel("true class", fontsize=7)
     for spine in ax.spines.values():
         spine.set_visible(False)
     if title:
@@ -122,9 +136,26 @@ def plot_confusion_matrix(
     return fig
 
 
-def plot_accuracy_curves(runs, metrics: Sequence[str] = ("top1", "top5"), width: float = 1.0):
-    """Validation accuracy against step (:func:`curves.plot_ap_curves` with accuracy labels)."""
-    fig = curves.plot_ap_curves(runs, metrics=metrics, width=width)
+def _records(runs, lr_drops: bool) -> dict[str, list[dict]]:
+    """``{name: records}``; without the ``lr/`` values unless ``lr_drops``: :mod:`curves` marks
+    every logged lr decrease as a drop, and a cosine schedule (the ViT recipe) decreases it at
+    every step."""
+    data = curves.load_runs(runs)
+    if lr_drops:
+        return data
+    return {
+        n: [{k: v for k, v in r.items() if not k.startswith("lr/")} for r in records]
+        for n, records in data.items()
+    }
+
+
+def plot_accuracy_curves(
+    runs, metrics: Sequence[str] = ("top1", "top5"), lr_drops: bool = False, width: float = 1.0
+):
+    """Validation accuracy against step (:func:`curves.plot_ap_curves` with accuracy labels).
+
+    ``lr_drops``: mark the lr drops of a step schedule (off: see :func:`_records`)."""
+    fig = curves.plot_ap_curves(_records(runs, lr_drops), metrics=metrics, width=width)
     for ax in fig.axes:
         if ax.get_title() in ACCURACY_LABELS:
             ax.set_title(ACCURACY_LABELS[ax.get_title()])
@@ -133,4 +164,16 @@ def plot_accuracy_curves(runs, metrics: Sequence[str] = ("top1", "top5"), width:
         legend = ax.get_legend()
         for text in legend.get_texts() if legend else []:
             text.set_text(ACCURACY_LABELS.get(text.get_text(), text.get_text()))
+    return fig
+
+
+def plot_training_curves(runs, smoothing: float = 0.0, lr_drops: bool = False, width: float = 1.0):
+    """Train loss and batch accuracy against step (:func:`curves.plot_loss_curves`)."""
+    fig = curves.plot_loss_curves(
+        _records(runs, lr_drops), components=tuple(TRAIN_TITLES), smoothing=smoothing, width=width
+    )
+    for ax in fig.axes:
+        for key, title in TRAIN_TITLES.items():
+            if ax.get_title() == curves.LOSS_TITLES.get(key, key):
+                ax.set_title(title)
     return fig

@@ -37,6 +37,7 @@ from attnkit.viz.style import TEXT_WIDTH_IN, figsize
 __all__ = [
     "ImageAttention",
     "image_attention",
+    "number_block_ticks",
     "plot_mean_attention_distance",
     "plot_query_attention",
     "plot_query_attention_blocks",
@@ -47,6 +48,7 @@ __all__ = [
 
 Query = str | tuple[int, int]
 DISPLAY_SIDE = 128  # images smaller than this are enlarged (nearest) by an integer factor
+CORNER_TEXT = {"color": "white", "fontsize": LABEL_SIZE - 1, "va": "bottom", "ha": "left"}
 
 
 def query_index(query: Query, grid: tuple[int, int], prefix_tokens: int) -> int:
@@ -89,17 +91,15 @@ def upsample_grid_map(attn_map, size: tuple[int, int], mode: str = "nearest") ->
     return F.interpolate(x, size=size, mode="nearest")[0, 0].numpy()  # [H, W]
 
 
-def _display_image(image) -> tuple[Image.Image, int]:
-    """``(PIL image, factor)``: ``image`` ([H, W, 3] uint8 or float in [0, 1]) enlarged by an
-    integer factor (nearest) until its longer side reaches :data:`DISPLAY_SIDE`."""
+def _display_image(image) -> Image.Image:
+    """``image`` ([H, W, 3] uint8 or float in [0, 1]) enlarged by an integer factor (nearest)
+    until its longer side reaches :data:`DISPLAY_SIDE`."""
     array = np.asarray(image)
     if array.dtype != np.uint8:
         array = (np.clip(array, 0.0, 1.0) * 255).round().astype(np.uint8)
     factor = max(1, math.ceil(DISPLAY_SIDE / max(array.shape[:2])))
     pil = Image.fromarray(array)
-    if factor > 1:
-        pil = pil.resize((pil.width * factor, pil.height * factor), Image.NEAREST)
-    return pil, factor
+    return pil.resize((pil.width * factor, pil.height * factor), Image.NEAREST)
 
 
 def _draw_query(ax, pil, grid, query, title: str | None) -> None:
@@ -124,8 +124,7 @@ def _draw_maps(axes, pil, maps, prefix_mass, mode, vmax, gamma, show_prefix):
         up = upsample_grid_map(attn, (pil.height, pil.width), mode)  # [H', W']
         mappable = overlay_attention(ax, pil, torch.from_numpy(up), vmax=vmax, gamma=gamma)
         if show_prefix:
-            ax.text(0.03, 0.03, f"cls {float(mass):.2f}", transform=ax.transAxes, color="white",
-                    fontsize=LABEL_SIZE - 1, va="bottom", ha="left")  # fmt: skip
+            ax.text(0.03, 0.03, f"cls {float(mass):.2f}", transform=ax.transAxes, **CORNER_TEXT)
     return mappable
 
 
@@ -144,15 +143,19 @@ def plot_query_attention_blocks(
     """Rows: blocks (``{label: [H, N, N]}``); columns: the image with the query outlined (again
     in every row, which keeps each row readable alone), then per head the query's attention
     over the patches on the image. One colour scale for the whole figure."""
-    pil, _ = _display_image(image)
+    pil = _display_image(image)
     blocks = list(weights_by_block)
     found = {b: query_maps(weights_by_block[b], grid, query, prefix_tokens) for b in blocks}
     heads = list(range(next(iter(found.values()))[0].shape[0])) if heads is None else list(heads)
     vmax = max(float(found[b][0][heads].max()) for b in blocks) or 1e-12
     fig, axes = image_grid(
-        len(blocks), 1 + len(heads), (pil.height, pil.width), width * TEXT_WIDTH_IN,
-        margins=(0.3, 0.55, 0.45 if title else 0.25, 0.05), max_cell=1.2,
-    )  # fmt: skip
+        len(blocks),
+        1 + len(heads),
+        (pil.height, pil.width),
+        width * TEXT_WIDTH_IN,
+        margins=(0.3, 0.55, 0.45 if title else 0.25, 0.05),
+        max_cell=1.2,
+    )
     mappable = None
     for r, block in enumerate(blocks):
         maps, mass = found[block]
@@ -162,7 +165,7 @@ def plot_query_attention_blocks(
         )
         axes[r, 0].set_ylabel(block, fontsize=TITLE_SIZE)
     for c, head in enumerate(heads, start=1):
-        axes[0, c].set_title(f"head {head + 1}", fontsize=TITLE_SIZE, pad=2)
+        axes[0, c].set_title(f"head {head}", fontsize=TITLE_SIZE, pad=2)  # 0-based, as elsewhere
     _colorbar(fig, mappable, axes[:, 1:], side="right")
     if title:
         fig.suptitle(title, fontsize=TITLE_SIZE + 1, y=1 - 0.08 / fig.get_size_inches()[1])
@@ -192,7 +195,7 @@ def plot_query_attention(
         return plot_query_attention_blocks(
             image, {"": weights}, grid, query, prefix_tokens, heads, mode, gamma, title
         )
-    pil, _ = _display_image(image)
+    pil = _display_image(image)
     maps, mass = query_maps(weights, grid, query, prefix_tokens)
     heads = list(range(maps.shape[0])) if heads is None else list(heads)
     top = vmax if vmax is not None else max(float(maps[heads].max()), 1e-12)
@@ -221,8 +224,9 @@ def plot_mean_attention_distance(
     for model, summary in summary_by_model.items():
         stats = [summary[metric].get(layer, {}) for layer in layers]
         means = [s.get("mean", np.nan) for s in stats]
-        ax.plot(x, means, marker="o", markersize=3, color=colors[model],
-                label=normalizer_label(model))  # fmt: skip
+        ax.plot(
+            x, means, marker="o", markersize=3, color=colors[model], label=normalizer_label(model)
+        )
         for xi, s in zip(x, stats):
             heads = np.asarray(s.get("per_head", []), dtype=float)
             jitter = rng.uniform(-0.08, 0.08, len(heads))
@@ -235,6 +239,17 @@ def plot_mean_attention_distance(
     ax.legend(handles, [*labels, "per head"], fontsize="small")
     ax.figure.tight_layout()
     return ax.figure
+
+
+def number_block_ticks(fig, prefix: str = "block ") -> None:
+    """``block 1, block 2, ...`` tick labels -> ``1, 2, ...`` with ``block`` under the axis, on
+    every axis whose x tick labels all start with ``prefix`` (panels too narrow for them)."""
+    for ax in fig.axes:
+        texts = [t.get_text() for t in ax.get_xticklabels()]
+        if texts and all(t.startswith(prefix) for t in texts):
+            ax.set_xticks(ax.get_xticks(), [t.removeprefix(prefix) for t in texts])
+            ax.set_xlabel(prefix.strip())
+    fig.tight_layout()
 
 
 @dataclass
@@ -250,6 +265,24 @@ class ImageAttention:
     sites: dict[str, str]
     grid: tuple[int, int]
     prefix_tokens: int
+
+    @property
+    def centre(self) -> tuple[int, int]:
+        """The centre patch ``(row, col)`` of the grid (below and right of it when even)."""
+        return self.grid[0] // 2, self.grid[1] // 2
+
+    def by_site(self, sites: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """``{site label: [H, N, N]}`` of the chosen sites (None: all), in the order given."""
+        found = {self.sites[name]: w for name, w in self.weights.items()}
+        missing = [site for site in sites or [] if site not in found]
+        if missing:
+            raise KeyError(f"no attention site {missing}; this model has {list(found)}")
+        return found if sites is None else {site: found[site] for site in sites}
+
+    def caption(self) -> str:
+        """``"true star, predicted star"``."""
+        names = self.class_names
+        return f"true {names[self.label]}, predicted {names[self.predicted]}"
 
 
 def image_attention(checkpoint, index: int = 0, split: str = "val", device: str = "cpu"):

@@ -24,6 +24,7 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from attnkit.models.detr.tiny_cnn import TinyCNN
+from attnkit.runfiles import resolve_shipped_path
 
 __all__ = ["Backbone", "RESNET_CHANNELS", "RESNET_DEPTHS"]
 
@@ -114,31 +115,13 @@ def _timm_trained_prefixes(body: nn.Module, stride4: str) -> tuple[str, ...]:
     return tuple(names[last_frozen + 1 :])
 
 
-def resolve_weights_path(path: str | Path) -> Path:
-    """``path`` with ``{checkpoints}`` replaced by the shipped-checkpoints folder, ``~`` expanded.
-
-    Configs name shipped weights as ``{checkpoints}/<file>`` so they resolve from any working
-    directory (notebooks run inside ``notebooks/``). ``$ATTNKIT_CHECKPOINTS`` is looked at first;
-    a file it lacks is taken from the repository's ``checkpoints/`` folder.
-    """
-    text = str(path)
-    if "{checkpoints}" not in text:
-        return Path(text).expanduser()
-    from attnkit.models.reference import REPO_CHECKPOINTS, checkpoints_dir
-
-    first = Path(text.replace("{checkpoints}", str(checkpoints_dir())))
-    if first.is_file():
-        return first
-    return Path(text.replace("{checkpoints}", str(REPO_CHECKPOINTS)))
-
-
 def load_backbone_weights(body: nn.Module, path: str | Path) -> None:
     """Load pretrained weights into ``body`` from a local file.
 
     Accepted: a torchvision ResNet state dict (``fc.*`` ignored), or a file written by
     ``attnkit pretrain-backbone`` (``{"body": state dict, ...}``) for any backbone.
     """
-    path = resolve_weights_path(path)
+    path = resolve_shipped_path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"pretrained_backbone: no file at {path}; give the path of a torchvision ResNet "
