@@ -223,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
         from attnkit.train.loop import TrainingError
 
         known = (*known, TrainingError)
+    if args.command == "analyze":
+        from attnkit.analysis.run_analysis import AnalysisError
+
+        known = (*known, AnalysisError)
     try:
         return args.func(args)
     except known as err:

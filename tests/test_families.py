@@ -218,3 +218,16 @@ def test_a_classifier_with_the_wrong_number_of_classes_is_refused(repo_root, tmp
     )
     with pytest.raises(ConfigError, match="model.num_classes is 7 but .* has 10 classes"):
         train(cfg, tmp_path / "run", progress=False)
+
+
+def test_analyze_refuses_a_model_without_attention_in_one_line(repo_root, tmp_path, capsys):
+    cfg = load_config(
+        repo_root / "configs/cnn/synth_small.yaml",
+        {**{f"data.{k}": v for k, v in SMALL_DATA.items()}, "train.max_steps": 1},
+    )
+    train(replace(cfg, model=replace(cfg.model, width=4)), tmp_path / "cnn", progress=False)
+    out = tmp_path / "an"
+    assert main(["analyze", "--checkpoint", str(tmp_path / "cnn"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "cnn model" in err and "no attnkit attention module" in err
+    assert not (out / "records.parquet").exists()

@@ -20,11 +20,16 @@ from attnkit.analysis.analyze import (
     ParquetRows,
     write_summary,
 )
+from attnkit.attention.hooks import AttentionModule
 from attnkit.config import config_to_dict, load_config, save_config
 from attnkit.models import build_model
 from attnkit.models.loading import model_from_checkpoint
 from attnkit.models.registry import family_of
 from attnkit.tasks import task_of
+
+
+class AnalysisError(ValueError):
+    """An analysis that cannot produce anything; the message says why."""
 
 
 def build_scorers(cfg) -> list:
@@ -73,6 +78,11 @@ def run_analysis(
         torch.manual_seed(cfg.seed)
         model = build_model(cfg).to(device).eval()
         source = f"random init of {config} (seed {cfg.seed})"
+    if not any(isinstance(m, AttentionModule) for m in model.modules()):
+        raise AnalysisError(
+            f"the {cfg.model.name} model of {source} has no attnkit attention module: "
+            "there are no attention maps to analyse"
+        )
     task = task_of(cfg)
     dataset = task.build_dataset(cfg, split, train=False)
     if max_images is not None:
