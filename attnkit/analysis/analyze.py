@@ -84,15 +84,17 @@ def layout_of(record: AttentionRecord) -> KeyLayout | None:
 
 
 def _distance(weights: torch.Tensor, record: AttentionRecord, image_hw) -> torch.Tensor:
-    """Mean attention distance in pixels ``[N, H, Q]`` of self-attention over image tokens
-    (the queries are the keys: a grid, windows or dilated partitions); NaN elsewhere."""
+    """Mean attention distance ``[N, H, Q]`` of self-attention over image tokens (the queries are
+    the keys: a grid, windows or dilated partitions); NaN elsewhere. In pixels of the input
+    ``image_hw``, in tokens when the batch has no ``images`` input (``image_hw`` None)."""
     n, h, q, k = weights.shape
     out = torch.full((n, h, q), float("nan"))
     layout = layout_of(record)
     if layout is None or q != k or k != layout.keys_per_row:
         return out
     p, (gh, gw) = layout.prefix_tokens, layout.grid
-    dist = layout.distances((image_hw[0] / gh, image_hw[1] / gw))  # [parts, K', K']
+    cell = (1.0, 1.0) if image_hw is None else (image_hw[0] / gh, image_hw[1] / gw)
+    dist = layout.distances(cell)  # [parts, K', K']
     dist = dist[torch.arange(n) % layout.num_parts]  # [N, K', K']: each row's window
     w = weights[:, :, p:, p:].to(torch.float64)  # [N, H, K', K']
     mass = w.sum(-1)  # [N, H, K']
@@ -130,7 +132,8 @@ class AttentionAnalysis:
         if ids is None:
             ids = list(range(self.images_seen, self.images_seen + len(batch)))
         self.images_seen += len(batch)
-        image_hw = tuple(batch.inputs["images"].shape[-2:])
+        images = batch.inputs.get("images")
+        image_hw = None if images is None else tuple(images.shape[-2:])
         for records in recorder.records.values():
             for record in records:
                 self._score(record, batch, contexts, ids, image_hw)
@@ -163,6 +166,8 @@ class AttentionAnalysis:
     def _add_rows(self, key, values, extra, ids) -> None:
         """One row per image x window x head x query of this site, as columns."""
         N, H, Q = values["gini"].shape
+        if N % len(ids):
+            raise ValueError(f"{key}: {N} attention rows do not split over {len(ids)} images")
         windows = N // len(ids)
         lead = torch.arange(N)
         image = torch.tensor(ids, dtype=torch.int64)[lead // windows]  # [N]
