@@ -231,3 +231,25 @@ def test_analyze_refuses_a_model_without_attention_in_one_line(repo_root, tmp_pa
     err = capsys.readouterr().err
     assert "cnn model" in err and "no attnkit attention module" in err
     assert not (out / "records.parquet").exists()
+
+
+def test_a_run_saved_by_the_per_epoch_scheduler_resumes_on_the_per_step_schedule(
+    repo_root, tmp_path
+):
+    cfg = load_config(
+        repo_root / "configs/vit/synth_softmax.yaml",
+        {**_vit_overrides("softmax", epochs=2), "train.eval_every_epochs": 0},
+    )
+    train(cfg, tmp_path / "full", progress=False)
+    train(replace(cfg, train=replace(cfg.train, max_steps=5)), tmp_path / "old", progress=False)
+    path = tmp_path / "old" / "last.pt"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["scheduler"]["last_epoch"] = ckpt["epoch"]  # what the per-epoch scheduler saved
+    torch.save(ckpt, path)
+    train(cfg, tmp_path / "old", resume=True, progress=False)
+
+    def lrs(run):
+        records = read_metrics(tmp_path / run / "metrics.jsonl")
+        return {r["step"]: r["lr/default"] for r in records if r["kind"] == "train"}
+
+    assert lrs("old") == pytest.approx(lrs("full"))

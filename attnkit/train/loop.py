@@ -137,7 +137,11 @@ class Trainer:
         _check_resume_config(self.cfg, ckpt["config"], self.ckpt_path)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
+        scheduler = ckpt["scheduler"]
+        if scheduler.get("last_epoch") != ckpt["step"]:
+            # Written by attnkit's earlier per-epoch scheduler: the schedule now counts steps.
+            scheduler = {**scheduler, "last_epoch": ckpt["step"]}
+        self.scheduler.load_state_dict(scheduler)
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.state = Progress(
