@@ -205,8 +205,14 @@ def test_a_cnn_baseline_trains_with_the_same_loop(repo_root, tmp_path):
         repo_root / "configs/cnn/synth_small.yaml",
         {**{f"data.{k}": v for k, v in SMALL_DATA.items()}, "train.epochs": 1, "model.width": 8},
     )
-    model = build_model(cfg)
-    assert sum(p.numel() for p in model.parameters()) > 0
+
+    def count(overrides) -> int:
+        model = build_model(load_config(repo_root / "configs/cnn/synth_small.yaml", overrides))
+        return sum(p.numel() for p in model.parameters())
+
+    # 3 conv stages of (32, 64, 128) channels + head, by hand: 10208 + 55552 + 221696 + 1290.
+    assert count({}) == 288_746
+    assert count({"model.arch": "resnet18"}) == 11_173_962  # ResNet-18 for CIFAR: 11.2M
     summary = train(cfg, tmp_path / "cnn", progress=False)
     assert summary["step"] == 4 and 0.0 <= summary["top1"] <= 1.0
 
