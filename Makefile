@@ -65,7 +65,7 @@ DOCS_FIGURES := detr-00_dataset/00_samples detr-02_attention_maps/02_models_img1
 	detr-05_paibb/05_paibb_per_layer detr-06_alpha_entmax/06_alpha_heatmap \
 	vit-00_dataset/00_samples vit-02_attention/02_query_centre_sparsemax
 docs-figures: $(STAMP)
-	$(VENV)/bin/attnkit workbook run --profile reference --out $(DOCS_RUN)
+	$(VENV)/bin/attnkit workbook run --profile reference --out $(DOCS_RUN) --overwrite
 	@for f in $(DOCS_FIGURES); do \
 		src=$$(ls $(DOCS_RUN)/figures/$$f.png 2>/dev/null | head -n 1); \
 		test -n "$$src" || { echo "no figure $$f.png in $(DOCS_RUN)" >&2; exit 1; }; \

@@ -44,12 +44,46 @@ from attnkit.workbook import PROFILES
 # --------------------------------------------------------------------------- parser
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse turns the ValueError into one line)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="attnkit",
         description="attnkit: a research workbook for attention in vision models.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("Examples::", 1)[1],
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the full traceback of an error instead of its one-line message",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -62,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--config", required=True, help="experiment YAML (see configs/)")
     tr.add_argument("--out", required=True, help="run folder")
     tr.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    tr.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in an OUT that holds another run (its checkpoint and logs are deleted)",
+    )
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
     tr.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=2e-4")
     tr.set_defaults(func=cmd_train)
@@ -76,9 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pre.add_argument("--config", required=True, help="experiment YAML: its data and backbone")
     pre.add_argument("--out", required=True, help="weights file to write, e.g. backbone.pt")
-    pre.add_argument("--steps", type=int, default=1000, help="optimiser steps (default 1000)")
-    pre.add_argument("--batch-size", type=int, default=128, help="crops per step (default 128)")
-    pre.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (one-cycle)")
+    pre.add_argument(
+        "--steps", type=_positive_int, default=1000, help="optimiser steps (default 1000)"
+    )
+    pre.add_argument(
+        "--batch-size", type=_positive_int, default=128, help="crops per step (default 128)"
+    )
+    pre.add_argument(
+        "--lr", type=_positive_float, default=2e-3, help="peak learning rate (one-cycle)"
+    )
     pre.add_argument("--quiet", action="store_true", help="no progress bars")
     pre.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
     pre.set_defaults(func=cmd_pretrain_backbone)
@@ -106,7 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-root", help="data.root: a local copy of the checkpoint's dataset (COCO, CIFAR-10)"
     )
     ev.add_argument("--config", help="config YAML to use instead of the checkpoint's own")
+    ev.add_argument(
+        "--model-from-config",
+        action="store_true",
+        help="run the weights under the model that --config / overrides describe even where it "
+        "differs from the one they were trained with (another normalizer, say); refused otherwise",
+    )
     ev.add_argument("--split", default="val", help="split to evaluate (default val)")
+    ev.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier evaluation's files in OUT"
+    )
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     ev.set_defaults(func=cmd_eval)
@@ -124,8 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--random-init", action="store_true", help="untrained model of --config")
     an.add_argument("--config", help="config YAML (needed with --random-init)")
     an.add_argument("--out", required=True, help="output folder")
-    an.add_argument("--batch-size", type=int, help="default: the config's data.batch_size")
-    an.add_argument("--max-images", type=int, help="only the first N images of the split")
+    an.add_argument(
+        "--batch-size", type=_positive_int, help="default: the config's data.batch_size"
+    )
+    an.add_argument("--max-images", type=_positive_int, help="only the first N images of the split")
     an.add_argument("--split", default="val")
     an.add_argument(
         "--layers",
@@ -136,8 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     an.add_argument(
         "--zero-threshold",
-        type=float,
+        type=_non_negative_float,
         help="weights <= this count as zeros (default: exact zeros, 1e-6 for softmax layers)",
+    )
+    an.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier analysis's files in OUT"
     )
     an.add_argument("--quiet", action="store_true", help="no progress bars")
     an.add_argument("overrides", nargs="*", help="dotted key=value overrides")
@@ -147,9 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     synth = data_sub.add_parser("synth", help="write the synthetic shapes dataset (COCO format)")
     synth.add_argument("--out", required=True, help="output folder (COCO 2017 layout)")
-    synth.add_argument("--num-images", type=int, default=512, help="train images (default 512)")
-    synth.add_argument("--num-val", type=int, default=None, help="val images (default: same)")
-    synth.add_argument("--seed", type=int, default=0, help="seed; same seed, same bytes")
+    synth.add_argument(
+        "--num-images", type=_positive_int, default=512, help="train images (default 512)"
+    )
+    synth.add_argument(
+        "--num-val", type=_positive_int, default=None, help="val images (default: same)"
+    )
+    synth.add_argument(
+        "--seed", type=_non_negative_int, default=0, help="seed; same seed, same bytes"
+    )
     synth.add_argument("--split", choices=["train", "val", "both"], default="both")
     synth.set_defaults(func=cmd_data_synth)
 
@@ -194,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="set a notebook parameter (YAML value) in every notebook that declares it",
     )
     run.add_argument("--out", help="output folder (default runs/workbook/<timestamp>)")
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="re-run notebooks whose run folders already exist in --out (default: refuse)",
+    )
     run.add_argument("--workbook", default="notebooks/workbook.yaml", help="workbook spec")
     run.add_argument("--kernel", help="Jupyter kernel (default: attnkit if registered)")
     run.set_defaults(func=cmd_workbook_run)
@@ -209,29 +279,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from attnkit.config import ConfigError
-    from attnkit.data.coco import DatasetError
-    from attnkit.workbook import WorkbookError
+def _one_line(err: BaseException) -> str:
+    """An error's message on one line (multi-line messages of other libraries are joined)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 600 else text[:600] + " ..."
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one sub-command. Bad input exits 2 with ``attnkit: error: <one line>``; an
+    unexpected failure exits 1 with one line pointing at ``--debug``; Ctrl-C exits 130."""
+    from attnkit.errors import AttnkitError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere on the line, not only before the command
+    argv = [a for a in argv if a != "--debug"]
     args = build_parser().parse_args(argv)
-    known = (ConfigError, DatasetError, WorkbookError, FileNotFoundError)
+    args.debug = debug
     if args.command == "analyze" and args.random_init and not args.config:
         print("attnkit: error: --random-init needs --config", file=sys.stderr)
         return 2
-    if args.command in ("train", "eval"):
-        from attnkit.train.loop import TrainingError
-
-        known = (*known, TrainingError)
-    if args.command == "analyze":
-        from attnkit.analysis.run_analysis import AnalysisError
-
-        known = (*known, AnalysisError)
     try:
         return args.func(args)
-    except known as err:
-        print(f"attnkit: error: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:
+        if args.debug:
+            raise
+        if isinstance(err, (AttnkitError, OSError)):
+            print(f"attnkit: error: {_one_line(err)}", file=sys.stderr)
+            return 2
+        print(
+            f"attnkit: internal error: {type(err).__name__}: {_one_line(err)} "
+            "(this is a bug in attnkit; rerun with --debug for the traceback and report it)",
+            file=sys.stderr,
+        )
+        return 1
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("attnkit: interrupted (checkpoints already written are kept)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

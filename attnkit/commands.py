@@ -75,7 +75,9 @@ def cmd_train(args) -> int:
     from attnkit.train.loop import train
 
     cfg = load_config(args.config, args.overrides)
-    summary = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    summary = train(
+        cfg, args.out, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite
+    )
     print(json.dumps({k: summary[k] for k in ("step", "epoch", "seconds")} | _scalars(summary)))
     return 0
 
@@ -130,6 +132,8 @@ def cmd_eval(args) -> int:
         args.config,
         args.split,
         progress=not args.quiet,
+        overwrite=args.overwrite,
+        allow_model_change=args.model_from_config,
     )
     print(json.dumps(_scalars(record), indent=1))
     print(f"wrote {Path(args.out) / 'metrics.json'}")
@@ -151,13 +155,15 @@ def cmd_analyze(args) -> int:
         layers=args.layers,
         zero_threshold=args.zero_threshold,
         progress=not args.quiet,
+        overwrite=args.overwrite,
     )
     sites = summary["meta"]["sites"]
     for metric in ("gini", "zeros_ratio", "entropy", "distance", "paibb"):
         for layer, stats in summary.get(metric, {}).items():
             site = f"{sites.get(layer, layer)} ({layer})"
             print(f"{metric:<12} {site:<55} {stats['mean']:.4f} +- {stats['std']:.4f}")
-    print(f"wrote {Path(args.out) / 'summary.json'} and {Path(args.out) / 'records.parquet'}")
+    written = [Path(args.out) / name for name in ("summary.json", "records.parquet")]
+    print("wrote " + " and ".join(str(p) for p in written if p.is_file()))
     return 0
 
 
@@ -177,6 +183,7 @@ def cmd_workbook_run(args) -> int:
         args.out,
         args.kernel,
         families=families,
+        overwrite=args.overwrite,
     )
     failed = [r for r in results if r.status != "ok"]
     print(f"summary: {summary}")

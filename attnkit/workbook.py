@@ -8,21 +8,26 @@ is the folder of that run, ``{workbook_dir}`` the output folder, so a notebook c
 earlier one wrote. The runner injects ``figures_dir``, ``run_dir`` and ``workbook_dir`` into
 notebooks that declare them, executes every run into ``out/``, goes on past failures (papermill
 keeps the failing cell in the executed notebook) and writes ``summary.md`` (runs grouped by
-family) and ``workbook.json``.
+family) and ``workbook.json`` (:mod:`attnkit.workbook_results`).
+
+An output folder may receive several executions (``--only detr/02`` reads the ``detr/01`` runs
+already there), but a run that already has files there is re-run only with ``overwrite``
+(``--overwrite``), and the record merges with the earlier one, so nothing earlier is lost
+silently.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from attnkit.runfiles import git_revision
+from attnkit.errors import EnvError, OutputError
 from attnkit.workbook_refs import check_references, resolve_references, substitute
+from attnkit.workbook_results import SUMMARY, RunResult, load_results, write_summary
 from attnkit.workbook_spec import (
     PROFILES,
     NotebookRun,
@@ -33,6 +38,7 @@ from attnkit.workbook_spec import (
     notebook_parameters,
     run_folder,
     select_entries,
+    type_problem,
 )
 
 __all__ = [
@@ -40,27 +46,20 @@ __all__ = [
     "NotebookRun",
     "RunResult",
     "WorkbookError",
+    "WorkbookOutputError",
     "load_workbook",
     "notebook_parameters",
     "plan_runs",
     "run_workbook",
+    "write_summary",
 ]
 
 INJECTED = ("figures_dir", "run_dir", "workbook_dir")
 """Parameters the runner sets in every notebook that declares them (not part of the spec)."""
 
 
-@dataclass
-class RunResult:
-    """What one notebook run produced: its status, duration, executed notebook, figures, tables."""
-
-    run: NotebookRun
-    status: str  # "ok" | "failed"
-    seconds: float
-    output: Path
-    figures: list[Path] = field(default_factory=list)
-    tables: list[Path] = field(default_factory=list)
-    error: str = ""
+class WorkbookOutputError(WorkbookError, OutputError):
+    """Runs whose files already lie in the output folder (pass ``--overwrite``)."""
 
 
 def plan_runs(
@@ -74,8 +73,9 @@ def plan_runs(
     """Expand the workbook into the runs of ``profile`` for ``families`` (default: all).
 
     ``only`` narrows to full (``detr/02``) or unambiguous bare (``02``) notebook ids.
-    ``overrides`` (``-p key=value``) apply to every selected notebook that declares the key and
-    replace a sweep over that key; a key no selected notebook declares is an error. Every
+    ``overrides`` (``-p key=value``) apply to every selected notebook that declares the key, and
+    must be of the type it declares; one over a swept key pins the sweep to that value (the run
+    keeps its ``__key-value`` name). A key no selected notebook declares is an error. Every
     ``{run:...}`` placeholder must name a run of the profile that executes earlier, or (given
     ``out_dir``) one whose folder already exists there.
     """
@@ -93,6 +93,12 @@ def plan_runs(
             continue
         declared = notebook_parameters((workbook.parent / entry["notebook"]).resolve())
         applied = {k: v for k, v in overrides.items() if k in declared}
+        for key, value in applied.items():
+            problem = type_problem(value, declared[key])
+            if problem:
+                raise WorkbookError(
+                    f"-p {key}={value}: notebook {full_id(entry)} ({entry['notebook']}) {problem}"
+                )
         used.update(applied)
         runs_by_id[full_id(entry)] = expand_entry(entry, profile, workbook, applied, declared)
     runs = [run for key in runs_by_id if key in selected for run in runs_by_id[key]]
@@ -124,7 +130,60 @@ def default_kernel() -> str:
     return "attnkit" if "attnkit" in KernelSpecManager().find_kernel_specs() else "python3"
 
 
-def _execute(run: NotebookRun, out_dir: Path, kernel_name: str) -> RunResult:
+def kernel_options() -> dict[str, Any]:
+    """papermill options that make the kernel encrypt its connection (CurveZMQ) where it can.
+
+    ipykernel >= 7 warns on its own stderr (which the kernel process shares with ours) for every
+    notebook: "Kernel is running over TCP without encryption", which breaks the progress line. The
+    warning is logged in the kernel process, so no filter of ours sees it; what removes it is
+    doing what it asks: with ``transport_encryption="auto"`` jupyter_client provisions CurveZMQ
+    keys for kernels whose kernelspec declares ``supported_encryption: [curve]`` (ipykernel's
+    do). Without jupyter_client's option or libzmq's curve support: nothing (plain TCP).
+    """
+    import zmq
+    from jupyter_client.manager import KernelManager
+    from traitlets.config import Config
+
+    if "transport_encryption" not in KernelManager.class_trait_names() or not zmq.has("curve"):
+        return {}
+    return {"config": Config({"KernelManager": {"transport_encryption": "auto"}})}
+
+
+def run_files(out_dir: Path, name: str) -> list[Path]:
+    """The files and folders the run ``name`` writes in ``out_dir`` that already exist."""
+    paths = (run_folder(out_dir, name), out_dir / f"{name}.ipynb", out_dir / "figures" / name)
+    return [p for p in paths if p.exists()]
+
+
+def check_clashes(runs: list[NotebookRun], out_dir: Path, overwrite: bool) -> None:
+    """Refuse (unless ``overwrite``) to run into ``out_dir`` runs that already have files there.
+
+    Other runs' files are no clash: running more notebooks into a workbook folder is how
+    ``--only detr/02`` reads the ``detr/01`` runs there.
+    """
+    clashing = [run.name for run in runs if run_files(out_dir, run.name)]
+    if not clashing or overwrite:
+        return
+    shown = ", ".join(clashing[:3])
+    more = f" and {len(clashing) - 3} more" if len(clashing) > 3 else ""
+    raise WorkbookOutputError(
+        f"{out_dir} already holds the results of {len(clashing)} of the planned runs ({shown}"
+        f"{more}); nothing was run: pass --overwrite to re-run them, or choose another --out"
+    )
+
+
+def make_out_dir(out_dir: Path) -> None:
+    """Create ``out_dir`` (an :class:`EnvError` naming it and the OS's reason when impossible)."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise EnvError(f"cannot create the workbook output folder {out_dir}: {reason}") from err
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise EnvError(f"cannot write into the workbook output folder {out_dir}: permission denied")
+
+
+def _execute(run: NotebookRun, out_dir: Path, kernel_name: str, profile: str) -> RunResult:
     """Run one notebook with papermill (cwd: its folder); a failure is recorded, never raised."""
     import papermill
 
@@ -139,7 +198,7 @@ def _execute(run: NotebookRun, out_dir: Path, kernel_name: str) -> RunResult:
     }
     figures.mkdir(parents=True, exist_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
+    start, started = time.perf_counter(), time.time() - 2  # 2 s: coarse file system clocks
     status, error = "ok", ""
     try:
         papermill.execute_notebook(
@@ -149,6 +208,7 @@ def _execute(run: NotebookRun, out_dir: Path, kernel_name: str) -> RunResult:
             kernel_name=kernel_name,
             cwd=str(run.notebook.parent),
             progress_bar=False,
+            **kernel_options(),
         )
     except Exception as err:  # noqa: BLE001 - a failing notebook must not stop the workbook
         status = "failed"
@@ -156,73 +216,11 @@ def _execute(run: NotebookRun, out_dir: Path, kernel_name: str) -> RunResult:
         evalue = getattr(err, "evalue", str(err))
         error = f"{ename}: {evalue}".strip().splitlines()[0][:300]
     seconds = time.perf_counter() - start
-    pngs = sorted(figures.glob("*.png"))
-    tables = sorted(run_dir.glob("*.md"))
-    return RunResult(run, status, seconds, output, pngs, tables, error)
-
-
-def _family_lines(results: list[RunResult], out_dir: Path) -> list[str]:
-    """One family's part of ``summary.md``: its total, a table of its runs, then each run."""
-    failed = sum(r.status != "ok" for r in results)
-    seconds = sum(r.seconds for r in results)
-    lines = [
-        f"{len(results)} runs, {failed} failed, {seconds:.0f} s in all.",
-        "",
-        "| run | status | duration | notebook | figures |",
-        "|---|---|---|---|---|",
-    ]
-    for r in results:
-        mark = "ok" if r.status == "ok" else f"**FAILED**: {r.error}"
-        nb = r.output.relative_to(out_dir)
-        lines.append(
-            f"| {r.run.name} | {mark} | {r.seconds:.1f} s | [{nb}]({nb}) | {len(r.figures)} |"
-        )
-    for r in results:
-        lines += ["", f"### {r.run.name}", ""]
-        params = ", ".join(f"`{k}={v}`" for k, v in r.run.parameters.items())
-        lines.append(f"Parameters: {params or 'defaults'}")
-        for table in r.tables:
-            rel = table.relative_to(out_dir)
-            lines += ["", f"Table [{rel}]({rel}):", "", table.read_text().strip()]
-        for png in r.figures:
-            rel = png.relative_to(out_dir)
-            pdf = rel.with_suffix(".pdf")
-            lines += ["", f"![{png.stem}]({rel})", f"[{png.stem} (PDF)]({pdf})"]
-    return lines
-
-
-def write_summary(results: list[RunResult], out_dir: Path, profile: str) -> Path:
-    """``summary.md`` with the runs grouped by family, and ``workbook.json``; returns the first.
-
-    Per family (``## detr``): its total seconds, then every run with status, duration and links
-    to its figures and tables.
-    """
-    total = sum(r.seconds for r in results)
-    failed = [r for r in results if r.status != "ok"]
-    lines = [
-        f"# attnkit workbook: profile `{profile}`",
-        "",
-        f"{datetime.now():%Y-%m-%d %H:%M}, git `{git_revision(short=True)}`, {len(results)} runs, "
-        f"{len(failed)} failed, {total:.0f} s in all.",
-    ]
-    families: dict[str, list[RunResult]] = {}
-    for r in results:
-        families.setdefault(r.run.family, []).append(r)
-    for family, group in families.items():
-        lines += ["", f"## {family}", "", *_family_lines(group, out_dir)]
-    path = out_dir / "summary.md"
-    path.write_text("\n".join(lines) + "\n")
-    (out_dir / "workbook.json").write_text(
-        json.dumps(
-            [
-                {**asdict(r), "run": {**asdict(r.run), "notebook": str(r.run.notebook)}}
-                for r in results
-            ],
-            indent=1,
-            default=str,
-        )
-    )
-    return path
+    # only what this execution wrote: a re-run (--overwrite) leaves earlier files in place
+    pngs = sorted(p for p in figures.glob("*.png") if p.stat().st_mtime >= started)
+    tables = sorted(p for p in run_dir.glob("*.md") if p.stat().st_mtime >= started)
+    finished = datetime.now().isoformat(timespec="seconds")
+    return RunResult(run, status, seconds, output, pngs, tables, error, profile, finished)
 
 
 def run_workbook(
@@ -234,11 +232,15 @@ def run_workbook(
     kernel_name: str | None = None,
     progress: bool = True,
     families: list[str] | None = None,
+    overwrite: bool = False,
 ) -> tuple[list[RunResult], Path]:
-    """Execute the workbook; returns the results and the summary path.
+    """Execute the workbook; returns this execution's results and the summary path.
 
-    Every check (spec, parameters, ``{run:...}`` references) happens before the first notebook
-    starts; after that it never stops early: a failing notebook is recorded and the rest run.
+    Every check (spec, parameter names and types, ``{run:...}`` references, runs whose files
+    already lie in ``out_dir`` unless ``overwrite``, the output folder) happens before the first
+    notebook starts; after that it never stops early: a failing notebook is recorded and the rest
+    run. ``summary.md`` and ``workbook.json`` are rewritten after every run, merged with the
+    runs an earlier execution recorded there.
     """
     from tqdm.auto import tqdm
 
@@ -246,15 +248,18 @@ def run_workbook(
         out_dir = Path("runs") / "workbook" / datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir = Path(out_dir).resolve()
     runs = plan_runs(workbook, profile, only, overrides, families, out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    earlier = load_results(out_dir)
+    check_clashes(runs, out_dir, overwrite)
+    make_out_dir(out_dir)
     kernel_name = kernel_name or default_kernel()
-    results = []
+    results: list[RunResult] = []
+    summary = out_dir / SUMMARY
     bar = tqdm(runs, desc=f"workbook ({profile})", unit="nb", disable=not progress)
     for run in bar:
         bar.set_postfix_str(run.name)
-        result = _execute(run, out_dir, kernel_name)
+        result = _execute(run, out_dir, kernel_name, profile)
         results.append(result)
+        summary = write_summary(results, out_dir, profile, earlier)
         mark = "ok" if result.status == "ok" else f"FAILED ({result.error})"
         bar.write(f"{run.name}: {mark} in {result.seconds:.1f} s, {len(result.figures)} figures")
-    summary = write_summary(results, out_dir, profile)
     return results, summary

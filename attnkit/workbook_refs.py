@@ -5,9 +5,10 @@ colon, comma-separated ``key=value``) stands for the folder of that notebook run
 workbook output (``<out>/runs/detr-01_train__attention-softmax``), so a notebook can analyse what
 an earlier one wrote without spelling out run names. References are resolved when the workbook is
 planned, against the runs the referenced entry's sweep produces in the chosen profile: an unknown
-notebook, a combination the sweep does not produce, a run that comes later in the execution, or
-(when it is not part of the execution) a run folder that does not exist is a
-:class:`WorkbookError` before any notebook starts. ``{workbook_dir}`` is the output folder itself.
+notebook, a combination the sweep does not produce (or that a ``-p`` override pinned away), a run
+that comes later in the execution, or (when it is not part of the execution) a run folder that
+does not exist is a :class:`WorkbookError` before any notebook starts. ``{workbook_dir}`` is the
+output folder itself.
 """
 
 from __future__ import annotations
@@ -78,6 +79,15 @@ def resolve(
         values = run.sweep_values
         if set(values) == set(given) and all(_same(given[k], values[k]) for k in values):
             return run.name
+    pinned = candidates[0].pinned if candidates else {}
+    clash = {k: v for k, v in pinned.items() if k in given and not _same(given[k], v)}
+    if clash:
+        pins = " ".join(f"-p {k}={v}" for k, v in clash.items())
+        kept = ",".join(f"{k}={v}" for k, v in clash.items())
+        raise WorkbookError(
+            f"{where}: {pins} pins the sweep of {ref_id}, so {{run:{body}}} names no run; "
+            f"select only {ref_id} and notebooks that use {kept} (--only), or drop the -p"
+        )
     valid = ", ".join(placeholder(ref_id, r.sweep_values) for r in candidates)
     valid = valid or f"none, {ref_id} is skipped in profile {profile!r}"
     raise WorkbookError(

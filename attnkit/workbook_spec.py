@@ -9,11 +9,17 @@ parameter to a list of values (one run per combination) and ``profiles`` (one of
 A run is named ``<family>-<notebook stem>[__key-value...]`` (``detr-01_train__attention-softmax``)
 so that two families' notebooks of the same stem never share an output folder. Its folder is
 :func:`run_folder`; both the executor and the ``{run:...}`` placeholder go through these two
-functions, so a reference always points at the folder the referenced run executes into.
+functions, so a reference always points at the folder the referenced run executes into. A ``-p``
+override of a swept key pins the sweep to that one value: the run keeps its sweep-style name, so
+``{run:...}`` references to that value still resolve (and the same folder is named either way).
+
+Every value the spec or ``-p`` gives a parameter is checked against the type the notebook declares
+(:func:`check_type`) before anything runs, so a typo fails in a second, not in a notebook cell.
 """
 
 from __future__ import annotations
 
+import ast
 import difflib
 import itertools
 import re
@@ -23,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from attnkit.errors import AttnkitError
 
 PROFILES = ("smoke", "default", "gpu", "reference")
 """smoke: seconds, for the tests; default: the main job on the synthetic data (a short training);
@@ -34,7 +42,7 @@ NAME_PART = re.compile(r"[A-Za-z0-9_.-]+")
 in ``{run:family/id:key=value}``."""
 
 
-class WorkbookError(ValueError):
+class WorkbookError(AttnkitError, ValueError):
     """A workbook spec or parameter that cannot be run; the message says which and where."""
 
 
@@ -43,7 +51,8 @@ class NotebookRun:
     """One execution of one notebook with one set of parameters.
 
     ``refs`` maps the body of each ``{run:...}`` placeholder in ``parameters`` to the name of the
-    run it names (filled in when the workbook is planned).
+    run it names (filled in when the workbook is planned). ``pinned`` holds the swept keys that a
+    ``-p`` override fixed to one value (so a reference to another value can say why it is gone).
     """
 
     id: str
@@ -53,6 +62,7 @@ class NotebookRun:
     parameters: dict[str, Any]
     sweep_values: dict[str, Any] = field(default_factory=dict)
     refs: dict[str, str] = field(default_factory=dict)
+    pinned: dict[str, Any] = field(default_factory=dict)
 
 
 def notebook_parameters(path: str | Path) -> dict[str, dict]:
@@ -172,8 +182,10 @@ def expand_entry(
 ) -> list[NotebookRun]:
     """The runs of one entry in ``profile``: its parameters, one run per sweep combination.
 
-    With ``declared`` (the notebook's parameters) the spec's keys are checked against it and
-    ``overrides`` (already narrowed to declared keys) replace parameters and sweeps of those keys.
+    With ``declared`` (the notebook's parameters) the spec's keys and values are checked against
+    it, and ``overrides`` (already narrowed to declared keys and type-checked) replace parameters
+    of those keys. An override of a swept key pins the sweep to its value: the run is still named
+    ``...__key-value`` and ``pinned`` records it.
     """
     chosen = (entry.get("profiles") or {}).get(profile) or {}
     if chosen.get("skip"):
@@ -185,9 +197,20 @@ def expand_entry(
         where = f"{spec_path}: notebook {full_id(entry)} ({profile})"
         check_declared(params, declared, where)
         check_declared(sweep, declared, where + " sweep")
+        for key, value in params.items():
+            check_type(key, value, declared[key], where)
+        for key, values in sweep.items():
+            if not isinstance(values, list):
+                raise WorkbookError(f"{where}: sweep {key!r} must be a list of values")
+            for value in values:
+                check_type(key, value, declared[key], where + " sweep")
+    pinned = {}
     for key, value in (overrides or {}).items():
-        params[key] = value
-        sweep.pop(key, None)
+        if key in sweep:
+            sweep[key] = [value]
+            pinned[key] = value
+        else:
+            params[key] = value
     keys = list(sweep)
     runs = []
     for values in itertools.product(*(sweep[k] for k in keys)):
@@ -201,6 +224,81 @@ def expand_entry(
                 name,
                 {**params, **sweep_values},
                 sweep_values,
+                pinned=dict(pinned),
             )
         )
     return runs
+
+
+# --------------------------------------------------------------------------- parameter types
+
+ANNOTATED = {
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+    "bool": lambda v: isinstance(v, bool),
+    "list": lambda v: isinstance(v, list),
+    "tuple": lambda v: isinstance(v, list),
+    "dict": lambda v: isinstance(v, dict),
+}
+"""What a parameter annotated with a type (``num: int = 3`` or ``# type: int``) accepts, strictly:
+YAML gives ``int``/``float``/``str``/``bool``/``list``/``dict`` values. Any other annotation
+(``Optional[int]``, ``Any``, none at all) accepts anything."""
+
+
+def declared_type(info: Mapping) -> tuple[str | None, bool]:
+    """The type a notebook parameter expects: ``(name, from_annotation)``; name None: anything.
+
+    papermill's ``inferred_type_name`` comes from an annotation or a ``# type:`` comment. Without
+    one (the usual ``num_samples = 12  # help``), the type of the literal default stands in,
+    so that ``-p num_samples=abc`` is caught although nothing is annotated.
+    """
+    annotated = str(info.get("inferred_type_name") or "None").strip()
+    if annotated != "None":
+        base = annotated.split("[", 1)[0].strip().lower()
+        return (base if base in ANNOTATED else None), True
+    try:
+        default = ast.literal_eval(str(info.get("default", "")))
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None, False
+    for name in ("bool", "int", "float", "str", "list", "tuple", "dict"):
+        if type(default).__name__ == name:
+            return name, False
+    return None, False
+
+
+def accepts(type_name: str | None, from_annotation: bool, value: Any) -> bool:
+    """Whether a parameter of ``type_name`` takes ``value`` (see :func:`declared_type`).
+
+    A type read off the default is lenient where notebooks are: ``None`` is always accepted (the
+    shipped notebooks document ``None`` as "the config's"), a float where the default is an int is
+    not, and a list or dict default takes either (``models``: shipped names or ``{name: path}``).
+    """
+    if type_name is None:
+        return True
+    if from_annotation:
+        return ANNOTATED[type_name](value)
+    if value is None:
+        return True
+    if type_name in ("list", "tuple", "dict"):
+        return isinstance(value, (list, dict))
+    return ANNOTATED[type_name](value)
+
+
+def type_problem(value: Any, info: Mapping) -> str | None:
+    """Why the parameter described by ``info`` (papermill's inspection) refuses ``value``, or
+    None: ``"expects int (default 12), got str 'abc'"``."""
+    type_name, from_annotation = declared_type(info)
+    if accepts(type_name, from_annotation, value):
+        return None
+    source = "annotated" if from_annotation else f"default {info.get('default')}"
+    lenient = not from_annotation and type_name in ("list", "tuple", "dict")
+    expected = "a list or dict" if lenient else type_name
+    return f"expects {expected} ({source}), got {type(value).__name__} {value!r}"
+
+
+def check_type(key: str, value: Any, info: Mapping, where: str) -> None:
+    """A :class:`WorkbookError` at ``where`` unless the parameter ``key`` accepts ``value``."""
+    problem = type_problem(value, info)
+    if problem:
+        raise WorkbookError(f"{where}: parameter {key!r} {problem}")

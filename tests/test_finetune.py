@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from attnkit.errors import CheckpointError
 from attnkit.models import build_model
 from attnkit.models.loading import init_from_checkpoint
 from attnkit.train.loop import Trainer
@@ -46,7 +47,7 @@ def test_another_architecture_is_refused_by_name(tmp_path):
     deeper = build_model(tiny_config(**{"model.dec_layers": 3}))
     with pytest.raises(ValueError, match="missing .*decoder.layers.2"):
         init_from_checkpoint(deeper, tmp_path / "a.pt")
-    with pytest.raises(FileNotFoundError, match="init_from"):
+    with pytest.raises(CheckpointError, match="init_from"):
         init_from_checkpoint(deeper, tmp_path / "nothing.pt")
 
 

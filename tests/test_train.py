@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from attnkit.cli import main
+from attnkit.errors import OutputError
 from attnkit.models import build_model
 from attnkit.train import checkpoint as ckpt_mod
 from attnkit.train.checkpoint import load_checkpoint
@@ -82,7 +83,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
 def test_existing_run_is_not_overwritten_and_resume_checks_config(tmp_path):
     cfg = tiny_config(**{"train.max_steps": 1})
     train(cfg, tmp_path, progress=False)
-    with pytest.raises(TrainingError, match="--resume"):
+    with pytest.raises(OutputError, match="--resume to continue it"):
         Trainer(cfg, tmp_path, progress=False)
     with pytest.raises(TrainingError, match="train.lr"):
         Trainer(tiny_config(**{"train.max_steps": 2, "train.lr": 5e-4}), tmp_path, resume=True)

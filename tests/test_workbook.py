@@ -68,10 +68,9 @@ def test_plan_expands_sweeps_profiles_and_overrides(tiny_workbook):
     assert [r.id for r in runs] == ["tiny/00", "tiny/00", "tiny/01", "tiny/02"]
     assert runs[0].parameters == {"value": 1} and runs[3].parameters == {"x": 41}
     assert [r.parameters for r in plan_runs(tiny_workbook, "smoke", only=["00"])] == [{"value": 3}]
-    # an override replaces the sweep over the same key
-    assert [
-        r.parameters for r in plan_runs(tiny_workbook, "default", ["tiny/00"], {"value": 9})
-    ] == [{"value": 9}]
+    # an override pins the sweep over the same key to its value, keeping the sweep-style name
+    pinned = plan_runs(tiny_workbook, "default", ["tiny/00"], {"value": 9})
+    assert [(r.name, r.parameters) for r in pinned] == [("tiny-00_ok__value-9", {"value": 9})]
 
 
 def test_a_profile_can_skip_a_notebook(tiny_workbook):

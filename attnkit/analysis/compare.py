@@ -95,6 +95,7 @@ def analyze_models(
             max_images=max_images,
             progress=progress,
             device=device,
+            overwrite=True,  # this cache folder is compare's own; its request changed
             **kwargs,
         )
         request_file.write_text(json.dumps(request, indent=1))

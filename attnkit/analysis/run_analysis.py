@@ -22,13 +22,15 @@ from attnkit.analysis.analyze import (
 )
 from attnkit.attention.hooks import AttentionModule
 from attnkit.config import config_to_dict, load_config, save_config
+from attnkit.errors import AttnkitError
 from attnkit.models import build_model
 from attnkit.models.loading import model_from_checkpoint
 from attnkit.models.registry import family_of
+from attnkit.outputs import ANALYSIS_FILES, claim_output
 from attnkit.tasks import task_of
 
 
-class AnalysisError(ValueError):
+class AnalysisError(AttnkitError, ValueError):
     """An analysis that cannot produce anything; the message says why."""
 
 
@@ -62,10 +64,12 @@ def run_analysis(
     zero_threshold: float | None = None,
     progress: bool = True,
     device: str = "cpu",
+    overwrite: bool = False,
 ) -> dict:
     """Score the attention of a trained or random-init model over ``split``; returns the summary."""
     from tqdm.auto import tqdm
 
+    out_dir = claim_output(out_dir, ANALYSIS_FILES, "analyze", overwrite)
     if (checkpoint is None) == (not random_init):
         raise ValueError("give either a checkpoint, or a config with random_init=True")
     if checkpoint is not None:
@@ -85,6 +89,7 @@ def run_analysis(
         )
     task = task_of(cfg)
     dataset = task.build_dataset(cfg, split, train=False)
+    task.check(cfg, dataset)
     if max_images is not None:
         dataset = Subset(dataset, range(min(max_images, len(dataset))))
     loader = DataLoader(
@@ -94,9 +99,7 @@ def run_analysis(
         collate_fn=task.collate,
         num_workers=cfg.data.num_workers,
     )
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir)
+    save_config(cfg, out_dir / "analysis_config.yaml")
     rows = ParquetRows(out_dir / "records.parquet")
     default_layers = family_of(cfg).analysis_layers
     options = AnalysisOptions(layers=layers or default_layers, zero_threshold=zero_threshold)

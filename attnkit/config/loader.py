@@ -20,14 +20,12 @@ from typing import Any
 
 import yaml
 
+from attnkit.config.constraints import Check
 from attnkit.config.schema import DEFAULT_FAMILY, FAMILY_SECTIONS, ExperimentConfig
+from attnkit.errors import ConfigError
 
 BASE_KEY = "_base_"
 CONFIG_FILENAME = "config.yaml"
-
-
-class ConfigError(ValueError):
-    """A config that cannot be used as written; the message names the key and its source."""
 
 
 # --------------------------------------------------------------------------- reading + merging
@@ -37,9 +35,19 @@ def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        where = getattr(err, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{line}: {problem}") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read the config file: {err}") from err
+    if data is None:
+        raise ConfigError(
+            f"{path}: the config file is empty; write at least '{BASE_KEY}: <a config>' "
+            "or the keys to set (an empty file is refused so that a truncated file is noticed)"
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
     return data
@@ -85,7 +93,16 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"override {text!r} is not of the form key=value (e.g. train.lr=1e-4)")
-    return key, yaml.safe_load(value) if value.strip() else None
+    try:
+        return key, yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as err:
+        if "{checkpoints}" in value:  # a shipped-model path, not a YAML flow mapping
+            return key, value.strip()
+        problem = getattr(err, "problem", None) or "cannot be parsed"
+        raise ConfigError(
+            f"override {text!r}: the value is not valid YAML ({problem}); quote strings, "
+            "close brackets, e.g. train.lr=1e-4 or data.train_scales=[480,512]"
+        ) from err
 
 
 def _overrides_as_pairs(overrides: Mapping[str, Any] | Iterable[str] | None) -> list:
@@ -159,6 +176,10 @@ def _describe(hint: Any) -> str:
         return f"a mapping of names to {_describe(typing.get_args(hint)[1])}"
     if hint is type(None):
         return "null"
+    if origin is typing.Annotated:
+        base, *checks = typing.get_args(hint)
+        texts = [c.text for c in checks if isinstance(c, Check)]
+        return _describe(base) + (f" ({', '.join(texts)})" if texts else "")
     return getattr(hint, "__name__", str(hint))
 
 
@@ -170,6 +191,15 @@ def _convert(value: Any, hint: Any, key: str, origin: dict[str, str]) -> Any:
         return ConfigError(msg + (f"; {extra}" if extra else ""))
 
     kind = typing.get_origin(hint)
+    if kind is typing.Annotated:
+        base, *checks = typing.get_args(hint)
+        converted = _convert(value, base, key, origin)
+        for check in checks:
+            if isinstance(check, Check) and not check(converted):
+                raise ConfigError(
+                    f"{_source(key, origin)}: '{key}' must be {check.text}, got {value!r}"
+                )
+        return converted
     if kind is typing.Literal:
         choices = typing.get_args(hint)
         if value not in choices:
@@ -180,9 +210,10 @@ def _convert(value: Any, hint: Any, key: str, origin: dict[str, str]) -> Any:
         alternatives = typing.get_args(hint)
         if value is None and type(None) in alternatives:
             return None
-        for alt in alternatives:
-            if alt is type(None):
-                continue
+        options = [alt for alt in alternatives if alt is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own message is the precise one
+            return _convert(value, options[0], key, origin)
+        for alt in options:
             try:
                 return _convert(value, alt, key, origin)
             except ConfigError:
@@ -261,7 +292,7 @@ def _build(cls: type, data: Mapping, origin: dict[str, str], prefix: str = "") -
     the family that ``model.name`` names; missing ones get that family's defaults.
     """
     sections = _family_schemas(data, origin) if cls is ExperimentConfig else {}
-    hints = {**typing.get_type_hints(cls), **sections}
+    hints = {**typing.get_type_hints(cls, include_extras=True), **sections}
     fields = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
@@ -273,7 +304,19 @@ def _build(cls: type, data: Mapping, origin: dict[str, str], prefix: str = "") -
         kwargs[key] = _convert(value, hints[key], dotted, origin)
     for key in FAMILY_SECTIONS if sections else ():
         kwargs.setdefault(key, sections[key]())
-    return cls(**kwargs)
+    built = cls(**kwargs)
+    _check_rules(built, origin, prefix)
+    return built
+
+
+def _check_rules(section: Any, origin: dict[str, str], prefix: str) -> None:
+    """The schema's rules between fields (``CHECKS``, see :mod:`attnkit.config.constraints`)."""
+    for rule in getattr(type(section), "CHECKS", ()):
+        message = rule.message(section)
+        if message is not None:
+            sources = [_source(f"{prefix}{key}", origin) for key in rule.keys]
+            source = next((s for s in sources if s != "defaults"), "defaults")
+            raise ConfigError(f"{source}: {message.replace('{p}', prefix)}")
 
 
 # --------------------------------------------------------------------------- public API
@@ -331,19 +374,30 @@ def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
 def config_diff(a: Any, b: Any) -> list[tuple[str, Any, Any]]:
     """The keys whose resolved values differ: ``[(dotted_key, value_in_a, value_in_b)]``.
 
+    A key only one side has (configs of two families) has :data:`ABSENT` on the other side.
+
     ``a`` and ``b`` are config dataclasses, or paths to config files or run folders.
     """
     cfg_a = a if dataclasses.is_dataclass(a) else load_config(a)
     cfg_b = b if dataclasses.is_dataclass(b) else load_config(b)
     flat_a = flatten(config_to_dict(cfg_a))
     flat_b = flatten(config_to_dict(cfg_b))
-    missing = object()
     rows = []
     for key in sorted(set(flat_a) | set(flat_b)):
-        va, vb = flat_a.get(key, missing), flat_b.get(key, missing)
+        va, vb = flat_a.get(key, ABSENT), flat_b.get(key, ABSENT)
         if va != vb:
-            rows.append((key, None if va is missing else va, None if vb is missing else vb))
+            rows.append((key, va, vb))
     return rows
+
+
+class _Absent:
+    """The value of a key one config lacks (another family's section): shown as ``(absent)``."""
+
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+ABSENT = _Absent()
 
 
 def config_from_dict(

@@ -14,8 +14,21 @@ DETR reference recipe from DESIGN.md (``configs/detr/base.yaml`` states it again
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
+from attnkit.config.constraints import (
+    FINITE,
+    ImageSize,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+    ascending,
+    between,
+    non_empty,
+    not_greater,
+)
 from attnkit.config.types import NormalizerName as NormalizerName
 
 
@@ -30,23 +43,27 @@ class DetectionDataConfig:
     train_split: str = "train"
     val_split: str = "val"
     # Synthetic data only: how many images per split, and the seed that makes them.
-    num_train: int = 512
-    num_val: int = 128
+    num_train: PositiveInt = 512
+    num_val: PositiveInt = 128
     seed: int = 0
     # DETR transforms: shorter side drawn from ``train_scales``, longer side capped at ``max_size``;
     # with probability ``crop_prob`` an extra resize + random crop (DETR's RandomSelect branch).
-    train_scales: list[int] = field(
+    train_scales: Annotated[list[PositiveInt], non_empty()] = field(
         default_factory=lambda: [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800]
     )
-    val_scale: int = 800
-    max_size: int = 1333
-    crop_prob: float = 0.5
-    crop_resize_scales: list[int] = field(default_factory=lambda: [400, 500, 600])
-    crop_min_size: int = 384
-    crop_max_size: int = 600
-    hflip_prob: float = 0.5
-    batch_size: int = 2
-    num_workers: int = 2
+    val_scale: PositiveInt = 800
+    max_size: PositiveInt = 1333
+    crop_prob: Probability = 0.5
+    crop_resize_scales: Annotated[list[PositiveInt], non_empty()] = field(
+        default_factory=lambda: [400, 500, 600]
+    )
+    crop_min_size: PositiveInt = 384
+    crop_max_size: PositiveInt = 600
+    hflip_prob: Probability = 0.5
+    batch_size: PositiveInt = 2
+    num_workers: NonNegativeInt = 2
+
+    CHECKS: ClassVar = (not_greater("crop_min_size", than="crop_max_size"),)
 
 
 @dataclass
@@ -57,16 +74,16 @@ class ClassificationDataConfig:
     # torchvision's cifar-10-batches-py folder at ``root``; "folder": ``root/{train,val}/<class>/``.
     name: Literal["synthetic", "cifar10", "folder"] = "synthetic"
     root: str | None = None
-    num_train: int = 5000
-    num_val: int = 1000
+    num_train: PositiveInt = 5000
+    num_val: PositiveInt = 1000
     seed: int = 0
     # Folder images are resized to this (H, W); CIFAR and the synthetic set are 32x32 already.
-    image_size: list[int] | None = None
+    image_size: ImageSize | None = None
     # The standard CIFAR augmentation: pad by ``pad`` then random crop, horizontal flip.
-    pad: int = 4
+    pad: NonNegativeInt = 4
     hflip: bool = True
-    batch_size: int = 128
-    num_workers: int = 2
+    batch_size: PositiveInt = 128
+    num_workers: NonNegativeInt = 2
 
 
 @dataclass
@@ -76,20 +93,20 @@ class DenseDataConfig:
     # "synthetic": embedded height maps; "folder": ``root/{split}/images`` + ``targets`` rasters.
     name: Literal["synthetic", "folder"] = "synthetic"
     root: str | None = None
-    num_train: int = 256
-    num_val: int = 64
+    num_train: PositiveInt = 256
+    num_val: PositiveInt = 64
     seed: int = 0
-    image_size: list[int] = field(default_factory=lambda: [64, 64])
+    image_size: ImageSize = field(default_factory=lambda: [64, 64])
     nodata: float | None = None  # target value meaning "unknown" (also NaN) in folder rasters
-    batch_size: int = 16
-    num_workers: int = 2
+    batch_size: PositiveInt = 16
+    num_workers: NonNegativeInt = 2
 
 
 @dataclass
 class ClassificationLossConfig:
     """Cross-entropy, optionally with label smoothing."""
 
-    label_smoothing: float = 0.0
+    label_smoothing: Annotated[float, between(0, 1, hi_open=True)] = 0.0
 
 
 @dataclass
@@ -97,9 +114,11 @@ class DenseLossConfig:
     """A pixel-wise loss over the valid (not nodata) pixels."""
 
     kind: Literal["l1", "l2", "smooth_l1"] = "l1"
-    beta: float = 1.0  # smooth_l1: where the quadratic part ends
+    beta: PositiveFloat = 1.0  # smooth_l1: where the quadratic part ends
     # Error per target-value bin in the evaluation (edges; empty: no bins).
-    bins: list[float] = field(default_factory=list)
+    bins: list[Annotated[float, FINITE]] = field(default_factory=list)
+
+    CHECKS: ClassVar = (ascending("bins"),)
 
 
 @dataclass
@@ -112,40 +131,40 @@ class TrainConfig:
     (``alpha_lr_mult`` x lr, never weight decay). The schedule is stepped every optimiser step.
     """
 
-    epochs: int = 300
+    epochs: PositiveInt = 300
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = 1e-4
-    lr_backbone: float = 1e-5
-    lr_mult: dict[str, float] = field(default_factory=dict)
-    weight_decay: float = 1e-4
+    lr: PositiveFloat = 1e-4
+    lr_backbone: NonNegativeFloat = 1e-5  # 0: a frozen backbone
+    lr_mult: dict[str, NonNegativeFloat] = field(default_factory=dict)
+    weight_decay: NonNegativeFloat = 1e-4
     # No weight decay for 1-D parameters (norm weights, biases: the timm / CIFAR convention) and
     # for parameters whose name contains one of ``no_weight_decay`` (position / bias tables).
     no_weight_decay_1d: bool = False
     no_weight_decay: list[str] = field(default_factory=list)
-    momentum: float = 0.9  # sgd only
+    momentum: Annotated[float, between(0, 1, hi_open=True)] = 0.9  # sgd only
     nesterov: bool = False  # sgd only
     # "step": x lr_drop_factor from epoch lr_drop on (DETR); "cosine": from lr down to
     # lr x min_lr_factor at the last step of the last epoch. Either after ``warmup_steps`` steps of
     # linear warm-up.
     schedule: Literal["step", "cosine"] = "step"
-    lr_drop: int = 200
-    lr_drop_factor: float = 0.1
-    min_lr_factor: float = 0.0
-    warmup_steps: int = 0
+    lr_drop: NonNegativeInt = 200
+    lr_drop_factor: Annotated[float, between(0, 1, lo_open=True)] = 0.1
+    min_lr_factor: Probability = 0.0
+    warmup_steps: NonNegativeInt = 0
     # alpha-entmax: ``pre_alpha`` trains at ``alpha_lr_mult`` x lr without weight decay.
-    alpha_lr_mult: float = 10.0
+    alpha_lr_mult: NonNegativeFloat = 10.0
     alpha_keep_lr: bool = False
-    clip_max_norm: float = 0.1  # 0: no clipping
+    clip_max_norm: NonNegativeFloat = 0.1  # 0: no clipping
     amp: Literal["none", "bf16", "fp16"] = "none"
-    grad_accum_steps: int = 1
-    max_steps: int | None = None
+    grad_accum_steps: PositiveInt = 1
+    max_steps: PositiveInt | None = None
     # Fine-tuning: start from the weights of another run (a checkpoint or run folder) instead of
     # a fresh initialisation, e.g. a softmax DETR into a sparsemax one as the thesis did from the
     # official weights. Normalizer parameters the source lacks (pre_alpha) keep their init.
     init_from: str | None = None
-    checkpoint_every_steps: int | None = None
-    eval_every_epochs: int = 1
-    log_every_steps: int = 10
+    checkpoint_every_steps: PositiveInt | None = None
+    eval_every_epochs: NonNegativeInt = 1  # 0: never
+    log_every_steps: PositiveInt = 10
     device: str = "auto"
 
 

@@ -170,6 +170,11 @@ def read_cifar10(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarray, 
     parts = [_read_batch(folder / name, len(class_names)) for name in names]
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
+    if len(images) == 0:
+        raise DatasetError(
+            f"the CIFAR-10 {split} split in {folder} is empty: {', '.join(names)} hold no "
+            "images; copy the real files there again"
+        )
     return images, labels, class_names
 
 

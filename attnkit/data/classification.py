@@ -9,6 +9,7 @@ an interrupted run resumes exactly.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
 from attnkit.data.cifar import read_cifar10
@@ -116,17 +118,41 @@ def _default_transform() -> v2.Compose:
 
 
 class ArrayClassification(torch.utils.data.Dataset):
-    """Images held in memory as a uint8 ``[N, H, W, 3]`` array, with int labels ``[N]``."""
+    """Images held in memory as a uint8 ``[N, H, W, 3]`` array, with int labels ``[N]``.
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, class_names, transform=None):
+    Arrays of the wrong shape are a ``ValueError`` (a caller's mistake); no images, or a label
+    outside ``0..len(class_names) - 1``, is a DatasetError naming ``source`` (the file the
+    arrays came from), since training on either would go wrong silently or late.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        class_names,
+        transform=None,
+        source: str | Path = "the in-memory images",
+    ):
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise ValueError(
                 f"images must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}"
             )
         if len(labels) != len(images):
             raise ValueError(f"{len(labels)} labels for {len(images)} images")
+        if len(images) == 0:
+            raise DatasetError(f"{source} holds no images: the split is empty (give it some)")
+        labels = np.asarray(labels, dtype=np.int64)
+        outside = np.flatnonzero((labels < 0) | (labels >= len(class_names)))
+        if outside.size:
+            more = f" (and {outside.size - 1} more)" if outside.size > 1 else ""
+            raise DatasetError(
+                f"{source}: image {outside[0]} has label {labels[outside[0]]}{more} outside "
+                f"0..{len(class_names) - 1}, the {len(class_names)} classes: fix the labels "
+                "or the class names"
+            )
         self.images = images
-        self.labels = np.asarray(labels, dtype=np.int64)
+        self.labels = labels
+        self.source = str(source)
         self.class_names = list(class_names)
         self.transform = transform if transform is not None else _default_transform()
 
@@ -150,6 +176,25 @@ def _load_rgb(path: str) -> Image.Image:
         raise DatasetError(f"cannot read image {path}: {exc}") from None
 
 
+def _folder_problem(root: Path) -> str:
+    """Why torchvision's ImageFolder refused ``root``, as one line naming the folders."""
+    classes = sorted(d for d in root.iterdir() if d.is_dir())
+    if not classes:
+        return f"no class subfolders in {root}: expected {root}/<class>/<image>"
+    empty = [
+        d.name
+        for d in classes
+        if not any(
+            name.lower().endswith(IMG_EXTENSIONS) for _, _, files in os.walk(d) for name in files
+        )
+    ]
+    shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+    return (
+        f"class folder(s) with no images in {root}: {shown} (images end in "
+        f"{', '.join(IMG_EXTENSIONS)}): add images or remove the folder(s)"
+    )
+
+
 class ImageFolderClassification(torch.utils.data.Dataset):
     """A folder of class subfolders, ``root/<class>/<image>``; classes in sorted order."""
 
@@ -159,11 +204,8 @@ class ImageFolderClassification(torch.utils.data.Dataset):
             raise DatasetError(f"image folder not found: {root}")
         try:
             self.folder = ImageFolder(str(root), loader=_load_rgb)
-        except FileNotFoundError as exc:  # no class folders, or class folders without images
-            raise DatasetError(
-                f"no class subfolders with images in {root} (expected {root}/<class>/<image>): "
-                f"{exc}"
-            ) from None
+        except FileNotFoundError:  # no class folders, or class folders without images
+            raise DatasetError(_folder_problem(root)) from None
         self.root = root
         self.class_names = list(self.folder.classes)
         self.transform = transform if transform is not None else _default_transform()
@@ -247,7 +289,7 @@ def build_classification_dataset(
         folder = ensure_synthetic_classes(num_train, num_val, seed)
         file = folder / ("train.npz" if split == "train" else "val.npz")
         images, labels = load_synthetic_split(file)
-        return ArrayClassification(images, labels, SYNTH_CLASS_NAMES, transform)
+        return ArrayClassification(images, labels, SYNTH_CLASS_NAMES, transform, file)
     if root is None:
         raise DatasetError(
             f"data.root is not set: the {name!r} dataset reads local files (nothing is "
@@ -260,6 +302,7 @@ def build_classification_dataset(
         )
     if name == "cifar10":
         images, labels, class_names = read_cifar10(root, split)
-        return ArrayClassification(images, labels, class_names, transform)
+        source = f"the CIFAR-10 {split} split in {root}"
+        return ArrayClassification(images, labels, class_names, transform, source)
     folder = Path(root).expanduser() / ("train" if split == "train" else "val")
     return ImageFolderClassification(folder, transform)

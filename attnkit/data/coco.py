@@ -2,9 +2,15 @@
 
 The folder layout is COCO 2017's: ``root/{split}2017/*.jpg`` and
 ``root/annotations/instances_{split}2017.json``. Bad data is reported, never silently used:
-missing or unreadable images raise :class:`DatasetError` naming the file; boxes that leave their
-image are clipped and degenerate ones dropped, both counted and logged once when the dataset is
-opened; images without annotations are kept; grayscale, palette and RGBA images become RGB.
+the annotation file is checked entry by entry when the dataset is opened (see
+:mod:`attnkit.data.coco_file`: an empty, malformed or incomplete file, or a ``bbox`` that is not
+four finite numbers, is a :class:`DatasetError` naming the file and the annotation id), as is a
+split without images or without its image folder; missing or unreadable images raise
+:class:`DatasetError` naming the file when read; boxes that leave their image are clipped and
+degenerate ones dropped, both counted and logged once when the dataset is opened; images
+without annotations are kept; grayscale, palette and RGBA images become RGB. Whether the
+category ids fit the model is checked by the detection task (``DetectionTask.check``), which
+knows ``model.num_classes``.
 """
 
 from __future__ import annotations
@@ -19,11 +25,14 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from pycocotools.coco import COCO
 
+from attnkit.data.coco_file import read_coco_file
+from attnkit.errors import DataError
+
 log = logging.getLogger(__name__)
 
 
-class DatasetError(RuntimeError):
-    """Data on disk that cannot be used; the message names the file."""
+DatasetError = DataError
+"""The name earlier code used for :class:`attnkit.errors.DataError`."""
 
 
 @dataclass
@@ -57,9 +66,13 @@ def coco_paths(root: str | Path, split: str) -> tuple[Path, Path]:
 
 
 def load_coco_quietly(ann_file: str | Path) -> COCO:
-    """pycocotools' COCO index without its prints."""
+    """pycocotools' COCO index of a checked annotation file (see :func:`read_coco_file`),
+    without its prints."""
+    coco = COCO()
+    coco.dataset = read_coco_file(ann_file)
     with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(str(ann_file))
+        coco.createIndex()
+    return coco
 
 
 class CocoDetection(torch.utils.data.Dataset):
@@ -69,6 +82,16 @@ class CocoDetection(torch.utils.data.Dataset):
         self.image_dir, self.ann_file = coco_paths(root, split)
         self.coco = load_coco_quietly(self.ann_file)
         self.ids = sorted(self.coco.imgs)
+        if not self.ids:
+            raise DatasetError(
+                f"{self.ann_file}: the {split} split has no images (its 'images' list is "
+                "empty): use an annotation file that lists the split's images"
+            )
+        if not self.image_dir.is_dir():
+            raise DatasetError(
+                f"image folder not found: {self.image_dir} ({self.ann_file} lists "
+                f"{len(self.ids)} images, expected in that folder)"
+            )
         self.transforms = transforms
         self.report = AnnotationReport(images=len(self.ids))
         self._targets = {i: self._clean_annotations(i) for i in self.ids}
@@ -85,7 +108,18 @@ class CocoDetection(torch.utils.data.Dataset):
 
     @property
     def categories(self) -> dict[int, str]:
-        return {c["id"]: c["name"] for c in self.coco.loadCats(self.coco.getCatIds())}
+        """Category id -> name (the id itself where the file gives no name)."""
+        cats = self.coco.loadCats(self.coco.getCatIds())
+        return {c["id"]: str(c.get("name", c["id"])) for c in cats}
+
+    def category_ids(self) -> dict[int, int | None]:
+        """Every category id of the file: the declared ones and those annotations use, each
+        with the id of one annotation that uses it (None if none does), for error messages."""
+        used: dict[int, int | None] = dict.fromkeys(self.coco.getCatIds())
+        for ann in self.coco.dataset["annotations"]:
+            if used.get(ann["category_id"]) is None:
+                used[ann["category_id"]] = ann["id"]
+        return used
 
     def _clean_annotations(self, image_id: int) -> dict:
         """Boxes as clipped xyxy; degenerate and crowd boxes removed (counted in the report)."""

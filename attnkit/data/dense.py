@@ -97,9 +97,21 @@ def dense_sample(
 
 
 class DenseArrayDataset(torch.utils.data.Dataset):
-    """Images uint8 ``[N, H, W, 3]`` and targets float ``[N, H, W]`` (NaN = nodata) in memory."""
+    """Images uint8 ``[N, H, W, 3]`` and targets float ``[N, H, W]`` (NaN = nodata) in memory.
 
-    def __init__(self, images: np.ndarray, targets: np.ndarray, mean, std, train: bool = False):
+    Arrays of the wrong shape are a ``ValueError`` (a caller's mistake); no images at all is a
+    DatasetError naming ``source``, the file the arrays came from.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        targets: np.ndarray,
+        mean,
+        std,
+        train: bool = False,
+        source: str | Path = "the in-memory images",
+    ):
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise ValueError(
                 f"images must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}"
@@ -108,6 +120,8 @@ class DenseArrayDataset(torch.utils.data.Dataset):
             raise ValueError(
                 f"targets must be [N, H, W] = {images.shape[:3]}, got {tuple(targets.shape)}"
             )
+        if len(images) == 0:
+            raise DatasetError(f"{source} holds no images: the split is empty (give it some)")
         self.images, self.targets = images, targets
         self.mean, self.std = tuple(mean), tuple(std)
         self.train = train
@@ -303,8 +317,10 @@ def build_dense_dataset(data_cfg, split: str = "train", train: bool | None = Non
         path = ensure_heightmaps(
             data_cfg.num_train, data_cfg.num_val, data_cfg.seed, data_cfg.image_size
         )
-        images, targets = load_heightmap_split(path, "train" if split == "train" else "val")
-        return DenseArrayDataset(images, targets, HEIGHTMAP_MEAN, HEIGHTMAP_STD, train)
+        name = "train" if split == "train" else "val"
+        images, targets = load_heightmap_split(path, name)
+        source = f"the {name} split of {path}"
+        return DenseArrayDataset(images, targets, HEIGHTMAP_MEAN, HEIGHTMAP_STD, train, source)
     if data_cfg.name == "folder":
         if data_cfg.root is None:
             raise DatasetError(

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import tempfile
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -258,12 +259,28 @@ def ensure_heightmaps(
 
 
 def load_heightmap_split(path: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """The images and targets of ``split`` ("train" / "val") from a file of ensure_heightmaps."""
+    """The images and targets of ``split`` ("train" / "val") from a file of ensure_heightmaps.
+
+    The file is a cache, so a truncated or foreign one is a DatasetError that says to delete
+    it (the next run makes it again); so is a split whose images and targets differ in size.
+    """
     path = Path(path)
+    remake = "delete it and it is made again"
     try:
         with np.load(path, allow_pickle=False) as data:
-            return data[f"{split}_images"], data[f"{split}_targets"]
+            images, targets = data[f"{split}_images"], data[f"{split}_targets"]
     except FileNotFoundError:
         raise DatasetError(f"synthetic height-map file not found: {path}") from None
-    except (OSError, ValueError, KeyError) as exc:
-        raise DatasetError(f"cannot read synthetic height-map file {path}: {exc}") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise DatasetError(
+            f"cannot read synthetic height-map file {path} ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())}): {remake}"
+        ) from None
+    shape_ok = images.ndim == 4 and images.shape[-1] == 3 and targets.shape == images.shape[:3]
+    if images.dtype != np.uint8 or not shape_ok:
+        raise DatasetError(
+            f"synthetic height-map file {path}: {split} images {images.dtype} "
+            f"{list(images.shape)} and targets {list(targets.shape)} do not match (expected "
+            f"uint8 [N, H, W, 3] and [N, H, W]): {remake}"
+        )
+    return images, targets

@@ -186,7 +186,12 @@ def make_shapes_coco(
 
         out_dir/{split}2017/000000000001.jpg ...
         out_dir/annotations/instances_{split}2017.json
+
+    ``num_images`` must be >= 1: an empty split is refused when a dataset opens it, so it is
+    not made either.
     """
+    if num_images < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images}")
     spec = spec or ShapesSpec()
     out_dir = Path(out_dir)
     image_dir = out_dir / f"{split}2017"

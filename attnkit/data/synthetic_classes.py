@@ -21,6 +21,7 @@ import json
 import math
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -242,15 +243,31 @@ def make_synthetic_classes(
 
 
 def load_synthetic_split(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """The ``images`` and ``labels`` arrays of a ``train.npz`` / ``val.npz`` written here."""
+    """The ``images`` and ``labels`` arrays of a ``train.npz`` / ``val.npz`` written here.
+
+    The file is a cache, so a truncated or foreign one (a killed copy, a full disk) is a
+    DatasetError that says to delete its folder, which the next run then makes again.
+    """
     path = Path(path)
+    remake = f"delete {path.parent} and it is made again"
     try:
         with np.load(path, allow_pickle=False) as data:
-            return data["images"], data["labels"]
+            images, labels = data["images"], data["labels"]
     except FileNotFoundError:
         raise DatasetError(f"synthetic classification file not found: {path}") from None
-    except (OSError, ValueError, KeyError) as exc:
-        raise DatasetError(f"cannot read synthetic classification file {path}: {exc}") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise DatasetError(
+            f"cannot read synthetic classification file {path} ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())}): {remake}"
+        ) from None
+    shape = (len(images), IMAGE_SIZE, IMAGE_SIZE, 3)
+    if images.dtype != np.uint8 or images.shape != shape or labels.shape != shape[:1]:
+        raise DatasetError(
+            f"synthetic classification file {path} holds images {images.dtype} "
+            f"{list(images.shape)} and labels {list(labels.shape)}, expected uint8 "
+            f"[N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3] and [N]: {remake}"
+        )
+    return images, labels
 
 
 def ensure_synthetic_classes(

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from attnkit.config import config_from_dict, load_config
+from attnkit.config import config_diff, config_from_dict, load_config
+from attnkit.errors import CheckpointError
 from attnkit.models.build import build_model
 from attnkit.models.registry import family_of
 from attnkit.runfiles import resolve_checkpoint
@@ -28,13 +29,27 @@ fine-tuning between normalizers may add or drop them."""
 
 
 def _read(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    from attnkit.train.checkpoint import load_checkpoint
+
+    return load_checkpoint(path)
 
 
-def _state_of(ckpt) -> dict:
-    return ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt
+def _state_of(ckpt: dict, path: Path) -> dict:
+    """The model state dict inside ``ckpt`` (a checkpoint dict or a bare state dict)."""
+    if "body" in ckpt and "backbone" in ckpt and "model" not in ckpt:
+        raise CheckpointError(
+            f"{path} is a backbone file written by `attnkit pretrain-backbone`, not a model "
+            "checkpoint: point model.pretrained_backbone at it and train a model"
+        )
+    state = ckpt.get("model", ckpt)
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(f"{path} holds no model weights")
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(
+            f"{path} is not a model checkpoint: entries such as {bad[:3]} are not tensors"
+        )
+    return state
 
 
 def _without_pretrained(cfg):
@@ -49,29 +64,97 @@ def _load_foreign(model, cfg, state) -> bool:
     fmt = family.foreign_format(state)
     if fmt is None:
         return False
-    family.foreign_weights[fmt][1](model, state)
+    try:
+        family.foreign_weights[fmt][1](model, state)
+    except (RuntimeError, KeyError, ValueError) as err:
+        if isinstance(err, CheckpointError):
+            raise
+        raise CheckpointError(
+            f"the {fmt} weights do not fit the {cfg.model.name} model of this config: "
+            f"{' '.join(str(err).split())[:300]}"
+        ) from err
     return True
 
 
-def model_from_checkpoint(checkpoint: str | Path, overrides=None, config=None, device="cpu"):
+def describe_mismatch(own: dict, state: dict) -> str:
+    """What differs between a model's state dict and a checkpoint's: shapes, then keys."""
+    wrong = [
+        f"{k} {tuple(v.shape)} in the file, {tuple(own[k].shape)} in the model"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    parts = []
+    if wrong:
+        parts.append(f"{len(wrong)} shapes differ, e.g. {wrong[0]}")
+    if missing:
+        parts.append(f"{len(missing)} weights missing from the file, e.g. {missing[0]}")
+    if extra:
+        parts.append(f"{len(extra)} unexpected weights in the file, e.g. {extra[0]}")
+    return "; ".join(parts)
+
+
+TRAINING_ONLY_FIELDS = ("dropout", "drop_rate", "attn_drop_rate", "drop_path_rate")
+"""Model-config fields that only act in training mode: evaluating under other values is fine."""
+
+
+def _model_diff(stored: dict, cfg) -> list[str]:
+    """The ``model.*`` keys that differ between a checkpoint's config and ``cfg`` in a way that
+    changes what the weights compute (not weight files, not training-only dropout)."""
+    before = _without_pretrained(config_from_dict(stored, source="the checkpoint's config"))
+    rows = config_diff(before, _without_pretrained(cfg))
+    return [
+        f"{k} {a!r} -> {b!r}"
+        for k, a, b in rows
+        if k.startswith("model.") and k.rsplit(".", 1)[-1] not in TRAINING_ONLY_FIELDS
+    ]
+
+
+def model_from_checkpoint(
+    checkpoint: str | Path, overrides=None, config=None, device="cpu", allow_model_change=False
+):
     """``(model, cfg)`` from a checkpoint written by ``attnkit train`` (its config is inside).
 
     ``checkpoint`` may be a run folder. ``config`` (a YAML path) replaces the stored config, e.g.
     for a foreign checkpoint (official DETR, timm), whose keys are then mapped by the family's
-    loader. Always ``weights_only=True``.
+    loader. When the checkpoint carries its own config and ``config`` or ``overrides`` change
+    its ``model`` section (another normalizer, say), that is refused unless
+    ``allow_model_change`` (``--model-from-config``): weights of one architecture are never run
+    under another by accident (pitfall 7). Always ``weights_only=True``; every problem is a
+    :class:`CheckpointError` (or :class:`ConfigError`) naming the file.
     """
     path = resolve_checkpoint(checkpoint)
     ckpt = _read(path)
+    stored = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else None
+    state = _state_of(ckpt, path)
     if config is not None:
         cfg = load_config(config, overrides)
-    elif isinstance(ckpt, dict) and "config" in ckpt:
-        cfg = config_from_dict(ckpt["config"], overrides, source=f"config inside {path}")
+    elif stored is not None:
+        cfg = config_from_dict(stored, overrides, source=f"config inside {path}")
     else:
-        raise ValueError(f"{path} carries no config (not written by attnkit train?): pass --config")
+        raise CheckpointError(
+            f"{path} carries no config (not written by `attnkit train`?): pass --config with "
+            "the config of its architecture"
+        )
+    if stored is not None and not allow_model_change:
+        changed = _model_diff(stored, cfg)
+        if changed:
+            raise CheckpointError(
+                f"{path} was trained with another model than asked for: {'; '.join(changed[:3])}"
+                f"{f' (+{len(changed) - 3} more)' if len(changed) > 3 else ''}; drop those "
+                "changes, or pass --model-from-config to run these weights under the new model "
+                "on purpose"
+            )
     model = build_model(_without_pretrained(cfg))
-    state = _state_of(ckpt)
     if not _load_foreign(model, cfg, state):
+        own = model.state_dict()
         state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        mismatch = describe_mismatch(own, state)
+        if mismatch:
+            raise CheckpointError(
+                f"{path} does not fit the {cfg.model.name} model of its config: {mismatch}"
+            )
         model.load_state_dict(state)
     return model.to(device).eval(), cfg
 
@@ -86,8 +169,8 @@ def init_from_checkpoint(model, checkpoint: str | Path, cfg=None) -> list[str]:
     """
     path = resolve_checkpoint(checkpoint)
     if not path.is_file():
-        raise FileNotFoundError(f"train.init_from: no checkpoint at {path}")
-    state = _state_of(_read(path))
+        raise CheckpointError(f"train.init_from: no checkpoint at {path}")
+    state = _state_of(_read(path), path)
     if cfg is not None and _load_foreign(model, cfg, state):
         return []
     own = model.state_dict()
@@ -102,13 +185,13 @@ def init_from_checkpoint(model, checkpoint: str | Path, cfg=None) -> list[str]:
         if k in own and v.shape != own[k].shape
     ]
     if wrong:
-        raise ValueError(
+        raise CheckpointError(
             f"train.init_from: {path} holds another architecture: shapes differ for {wrong[:3]}"
         )
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.endswith(NORMALIZER_PARAMETERS)]
     if missing or result.unexpected_keys:
-        raise ValueError(
+        raise CheckpointError(
             f"train.init_from: {path} holds another architecture: missing {missing[:3]} "
             f"({len(missing)} in all), unexpected {result.unexpected_keys[:3]} "
             f"({len(result.unexpected_keys)} in all)"

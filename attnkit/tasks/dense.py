@@ -7,6 +7,7 @@ every metric only see valid pixels.
 from __future__ import annotations
 
 from attnkit.config.schema import DenseDataConfig, DenseLossConfig
+from attnkit.errors import DataError
 from attnkit.tasks.base import Task
 from attnkit.tasks.dense_loss import DenseRegressionLoss
 from attnkit.tasks.dense_metrics import DenseRegressionMetrics
@@ -55,3 +56,15 @@ class DenseRegressionTask(Task):
 
     def build_evaluator(self, cfg, dataset):
         return DenseRegressionEvaluator(cfg.loss.bins)
+
+    def check(self, cfg, dataset) -> None:
+        """A split must hold images: with none, training has no steps and every metric is NaN.
+
+        The datasets refuse an empty split when they open; this catches any other dataset a
+        family builds, naming where the data comes from.
+        """
+        if len(dataset) == 0:
+            where = (
+                getattr(dataset, "folder", None) or cfg.data.root or f"data.name {cfg.data.name!r}"
+            )
+            raise DataError(f"{where}: the split has no images; give it at least one")

@@ -11,12 +11,15 @@ a run killed at any moment leaves the last complete checkpoint intact. Loading a
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from attnkit.errors import CheckpointError
 
 
 def rng_state() -> dict:
@@ -80,8 +83,43 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint` (or any ``weights_only`` file)."""
+    """Read a checkpoint written by :func:`save_checkpoint` (or any ``weights_only`` file).
+
+    A missing, empty, truncated or foreign file (or one that would need unpickling arbitrary
+    objects) is a :class:`CheckpointError` naming the file; nothing in it is executed.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): not a checkpoint")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = " ".join(str(err).split())[:200]
+        raise CheckpointError(
+            f"{path} is not a checkpoint that loads safely (weights_only): {reason}"
+        ) from err
+    except (RuntimeError, EOFError, ValueError, OSError, UnicodeDecodeError) as err:
+        reason = " ".join(str(err).split())[:160] or type(err).__name__
+        raise CheckpointError(
+            f"{path} cannot be read as a PyTorch checkpoint (truncated or another format?): "
+            f"{reason}"
+        ) from err
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(
+            f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict or state dict"
+        )
+    return ckpt
+
+
+def remove_partial_files(path: str | Path) -> list[Path]:
+    """Delete the temporary files a run killed inside :func:`save_checkpoint` left next to
+    ``path`` (``last.pt.<random>.tmp``); returns them."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(f"{path.name}.*.tmp")) if path.parent.is_dir() else []
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 
@@ -52,11 +53,8 @@ class MetricsLogger:
         """Drop records past ``step`` (a resumed run re-does them)."""
         if not self.enabled or not self.path.is_file():
             return
-        keep = [
-            line
-            for line in self.path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step
-        ]
+        records = _parse_lines(self.path)
+        keep = [line for line, record in records if record.get("step", 0) <= step]
         self.path.write_text("".join(line + "\n" for line in keep))
 
     def close(self) -> None:
@@ -69,4 +67,29 @@ def read_metrics(path: str | Path) -> list[dict]:
     path = Path(path)
     if path.is_dir():
         path = path / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [record for _, record in _parse_lines(path)]
+
+
+def _parse_lines(path: Path) -> list[tuple[str, dict]]:
+    """``(line, record)`` for every readable line; a torn line (a run killed mid-write) is
+    dropped with a warning instead of failing the reader or the resume."""
+    rows, torn = [], []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            torn.append(number)
+            continue
+        if isinstance(record, dict):
+            rows.append((line, record))
+        else:
+            torn.append(number)
+    if torn:
+        warnings.warn(
+            f"{path}: dropped {len(torn)} unreadable line(s) (line {torn[0]}; a run killed "
+            "while writing leaves a torn last line)",
+            stacklevel=3,
+        )
+    return rows

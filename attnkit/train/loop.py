@@ -20,13 +20,21 @@ from tqdm.auto import tqdm
 
 from attnkit.attention import alpha_values
 from attnkit.config import config_diff, config_from_dict, config_to_dict, save_config
+from attnkit.errors import CheckpointError, OutputError, TrainingError
 from attnkit.models import build_model
 from attnkit.models.loading import init_from_checkpoint
+from attnkit.outputs import TRAIN_FILES, claim_output, existing, remove_outputs
 from attnkit.runfiles import CHECKPOINT_NAME
 from attnkit.tasks import task_of
 from attnkit.tasks.evaluate import run_evaluation
 from attnkit.train import distributed as dist_utils
-from attnkit.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from attnkit.train.checkpoint import (
+    load_checkpoint,
+    remove_partial_files,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from attnkit.train.logger import MetricsLogger
 from attnkit.train.optim import build_optimizer, build_scheduler
 from attnkit.train.sampling import make_loader
@@ -44,8 +52,8 @@ RESUMABLE_CHANGES = {
 }
 
 
-class TrainingError(RuntimeError):
-    """Training cannot start or go on; the message says why and what is kept."""
+RESUME_KEYS = ("model", "optimizer", "scheduler", "rng", "epoch", "step", "epoch_step", "config")
+"""What a checkpoint needs for ``--resume`` to continue exactly."""
 
 
 @dataclass
@@ -75,19 +83,21 @@ def _check_resume_config(cfg, saved: dict, path: Path) -> None:
 class Trainer:
     """Holds the model, data and optimiser of one run; :meth:`fit` trains it."""
 
-    def __init__(self, cfg, out_dir: str | Path, resume: bool = False, progress: bool = True):
+    def __init__(
+        self,
+        cfg,
+        out_dir: str | Path,
+        resume: bool = False,
+        progress: bool = True,
+        overwrite: bool = False,
+    ):
         self.cfg, self.out_dir, self.progress = cfg, Path(out_dir), progress
         self.device = dist_utils.pick_device(cfg.train.device)
         self.distributed = dist_utils.init_from_env(self.device)
         self.rank, self.world = dist_utils.rank(), dist_utils.world_size()
         self.main = self.rank == 0
         self.ckpt_path = self.out_dir / CHECKPOINT_NAME
-        if self.ckpt_path.exists() and not resume:
-            raise TrainingError(
-                f"{self.ckpt_path} exists: pass --resume to continue that run, or choose another --out"
-            )
-        if resume and not self.ckpt_path.exists():
-            raise TrainingError(f"--resume: no checkpoint at {self.ckpt_path}")
+        self._claim_output(resume, overwrite)
         seed_everything(cfg.seed)  # same initial weights on every rank
         self.task = task_of(cfg)
         self.model = build_model(cfg).to(self.device)
@@ -95,6 +105,7 @@ class Trainer:
         self.train_set = self.task.build_dataset(cfg, "train")
         self.val_set = self.task.build_dataset(cfg, "val")
         self.task.check(cfg, self.train_set)
+        self.task.check(cfg, self.val_set)
         collate, data = self.task.collate, cfg.data
         self.train_loader = make_loader(
             self.train_set,
@@ -115,7 +126,6 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg.train, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.train.amp == "fp16" else None
         self.state = Progress()
-        self.logger = MetricsLogger(self.out_dir, enabled=self.main)
         if resume:
             self._restore()
         else:
@@ -125,16 +135,51 @@ class Trainer:
                     print(f"init_from {cfg.train.init_from}: kept the initial {', '.join(kept)}")
             seed_everything(cfg.seed + self.rank)  # different dropout per rank
             if self.main:
+                remove_outputs(self.out_dir, TRAIN_FILES)  # only there with --overwrite
                 save_config(cfg, self.out_dir)
+            self.logger = MetricsLogger(self.out_dir, enabled=self.main)
         self.ddp_model = (
             nn.parallel.DistributedDataParallel(self.model) if self.distributed else self.model
         )
+
+    def _claim_output(self, resume: bool, overwrite: bool) -> None:
+        """Refuse an out folder holding another run unless ``overwrite`` (its files are then
+        deleted once the new run has been set up), and remove the partial checkpoint files a
+        killed run left behind."""
+        if resume and overwrite:
+            raise TrainingError(
+                "--resume continues the run in --out; --overwrite deletes it: pick one"
+            )
+        if resume and not self.ckpt_path.exists():
+            raise TrainingError(f"--resume: no checkpoint at {self.ckpt_path}")
+        if not resume:
+            found = existing(self.out_dir, TRAIN_FILES)
+            if found and not overwrite:
+                hint = "--resume to continue it, " if self.ckpt_path.exists() else ""
+                raise OutputError(
+                    f"{self.out_dir} holds another run ({', '.join(p.name for p in found)}): "
+                    f"pass {hint}--overwrite to start afresh, or choose another --out"
+                )
+        if self.main:
+            claim_output(self.out_dir, (), "train")
+            stale = remove_partial_files(self.ckpt_path)
+            if stale:
+                print(
+                    f"removed {len(stale)} partial checkpoint file(s) a killed run left in {self.out_dir}"
+                )
 
     # ------------------------------------------------------------------ checkpoints
 
     def _restore(self) -> None:
         ckpt = load_checkpoint(self.ckpt_path, map_location=self.device)
+        lacking = [k for k in RESUME_KEYS if k not in ckpt]
+        if lacking:
+            raise CheckpointError(
+                f"{self.ckpt_path} is not a training checkpoint of attnkit (no {', '.join(lacking)}):"
+                " cannot resume from it"
+            )
         _check_resume_config(self.cfg, ckpt["config"], self.ckpt_path)
+        self.logger = MetricsLogger(self.out_dir, enabled=self.main)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         scheduler = ckpt["scheduler"]
@@ -256,7 +301,10 @@ class Trainer:
                     )
                 except NonFiniteLossError as err:
                     kept = self.ckpt_path if self.ckpt_path.exists() else "none saved yet"
-                    raise TrainingError(f"{err}. Stopped; last good checkpoint: {kept}") from err
+                    raise TrainingError(
+                        f"{err}. Stopped; last good checkpoint: {kept}. A learning rate too "
+                        f"high for this model is the usual cause (train.lr={cfg.lr:g})"
+                    ) from err
                 self.state.step += 1
                 self.state.epoch_step += 1
                 self.scheduler.step()
@@ -298,6 +346,8 @@ class Trainer:
         return summary
 
 
-def train(cfg, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
+def train(
+    cfg, out_dir: str | Path, resume: bool = False, progress: bool = True, overwrite: bool = False
+) -> dict:
     """Train ``cfg`` into ``out_dir`` (see :class:`Trainer`); returns the final summary."""
-    return Trainer(cfg, out_dir, resume=resume, progress=progress).fit()
+    return Trainer(cfg, out_dir, resume=resume, progress=progress, overwrite=overwrite).fit()

@@ -20,6 +20,17 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the step."""
 
 
+def _all_finite(outputs) -> bool:
+    """Whether every floating tensor in ``outputs`` (nested dicts / lists) is finite."""
+    if isinstance(outputs, torch.Tensor):
+        return not outputs.is_floating_point() or bool(torch.isfinite(outputs).all())
+    if isinstance(outputs, dict):
+        return all(_all_finite(v) for v in outputs.values())
+    if isinstance(outputs, (list, tuple)):
+        return all(_all_finite(v) for v in outputs)
+    return True
+
+
 def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
     grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
     if not grads:
@@ -69,7 +80,15 @@ def train_step(
         with sync:
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 outputs = model(**batch.inputs)
-                losses = criterion(outputs, batch.targets)
+                try:
+                    losses = criterion(outputs, batch.targets)
+                except ValueError as err:  # e.g. the Hungarian matcher on a NaN cost matrix
+                    if not _all_finite(outputs):
+                        raise NonFiniteLossError(
+                            f"non-finite model outputs at step {step} (the loss cannot be "
+                            f"computed: {' '.join(str(err).split())})"
+                        ) from err
+                    raise
             loss = losses["loss"].float() / len(batches)
             if not torch.isfinite(loss):  # one host sync per micro-batch: worth it
                 raise NonFiniteLossError(

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
+from attnkit.config.constraints import PositiveInt
+
 __all__ = ["CNNConfig", "SmallCNN", "build_cnn", "resnet18_cifar"]
 
 
@@ -24,9 +26,9 @@ class CNNConfig:
 
     name: Literal["cnn"] = "cnn"
     arch: Literal["small", "resnet18"] = "small"
-    num_classes: int = 10
-    in_chans: int = 3
-    width: int = 32  # small only: channels of the first stage
+    num_classes: PositiveInt = 10
+    in_chans: PositiveInt = 3
+    width: PositiveInt = 32  # small only: channels of the first stage
 
 
 def _stage(cin: int, cout: int) -> nn.Sequential:

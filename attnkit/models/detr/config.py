@@ -7,9 +7,17 @@ states them again so a run's config can be diffed against the reference.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
-from attnkit.config.types import NormalizerName
+from attnkit.config.constraints import (
+    DropoutRate,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveInt,
+    divisible,
+    rule,
+)
+from attnkit.config.types import AlphaInit, NormalizerName
 
 __all__ = ["AttentionConfig", "DETRConfig", "LossConfig"]
 
@@ -22,8 +30,8 @@ class AttentionConfig:
     decoder_self: NormalizerName = "softmax"
     cross: NormalizerName = "softmax"
     # alpha_entmax: initial alpha (learnable per head) and TVmax strength.
-    alpha_init: float = 1.5
-    tvmax_lambda: float = 0.05  # the TVmax reference: alpha=0.1 with a step of alpha / 2
+    alpha_init: AlphaInit = 1.5
+    tvmax_lambda: NonNegativeFloat = 0.05  # the TVmax reference: alpha=0.1 with a step of alpha / 2
 
 
 @dataclass
@@ -44,27 +52,36 @@ class DETRConfig:
     backbone_mask_padding: bool = False
     # No pretrained weights: trainable batch norm and all stages trained (synthetic-data models).
     backbone_from_scratch: bool = False
-    hidden_dim: int = 256
-    num_heads: int = 8
-    enc_layers: int = 6
-    dec_layers: int = 6
-    dim_feedforward: int = 2048
-    dropout: float = 0.1
-    num_queries: int = 100
+    hidden_dim: PositiveInt = 256
+    num_heads: PositiveInt = 8
+    enc_layers: NonNegativeInt = 6
+    dec_layers: PositiveInt = 6
+    dim_feedforward: PositiveInt = 2048
+    dropout: DropoutRate = 0.1
+    num_queries: PositiveInt = 100
     pre_norm: bool = False
     aux_loss: bool = True
-    num_classes: int = 91
+    num_classes: PositiveInt = 91
     attention: AttentionConfig = field(default_factory=AttentionConfig)
+
+    CHECKS: ClassVar = (
+        divisible("hidden_dim", by="num_heads"),
+        rule(
+            ("hidden_dim",),
+            lambda m: m.hidden_dim % 2 == 0,
+            "'{p}hidden_dim' must be even (the sine position embedding uses half per axis)",
+        ),
+    )
 
 
 @dataclass
 class LossConfig:
     """Hungarian matcher costs and set-criterion weights (DETR reference values)."""
 
-    cost_class: float = 1.0
-    cost_bbox: float = 5.0
-    cost_giou: float = 2.0
-    class_weight: float = 1.0
-    bbox_weight: float = 5.0
-    giou_weight: float = 2.0
-    eos_coef: float = 0.1
+    cost_class: NonNegativeFloat = 1.0
+    cost_bbox: NonNegativeFloat = 5.0
+    cost_giou: NonNegativeFloat = 2.0
+    class_weight: NonNegativeFloat = 1.0
+    bbox_weight: NonNegativeFloat = 5.0
+    giou_weight: NonNegativeFloat = 2.0
+    eos_coef: NonNegativeFloat = 0.1

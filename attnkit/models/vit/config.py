@@ -8,9 +8,18 @@ timm checkpoint of that name loads into ``build_vit(vit_variant("tiny"))``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Literal
+from typing import ClassVar, Literal
 
-from attnkit.config.types import NormalizerName
+from attnkit.config.constraints import (
+    DropoutRate,
+    ImageSize,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    divisible,
+    rule,
+)
+from attnkit.config.types import AlphaInit, NormalizerName
 
 __all__ = ["VIT_VARIANTS", "ViTAttentionConfig", "ViTConfig", "vit_variant"]
 
@@ -24,8 +33,8 @@ class ViTAttentionConfig:
     """
 
     normalizer: NormalizerName = "softmax"
-    alpha_init: float = 1.5
-    tvmax_lambda: float = 0.05
+    alpha_init: AlphaInit = 1.5
+    tvmax_lambda: NonNegativeFloat = 0.05
 
 
 @dataclass
@@ -42,21 +51,31 @@ class ViTConfig:
     """
 
     name: Literal["vit"] = "vit"
-    img_size: list[int] = field(default_factory=lambda: [32, 32])
-    patch_size: int = 4
-    in_chans: int = 3
-    num_classes: int = 10
-    embed_dim: int = 192
-    depth: int = 6
-    num_heads: int = 3
-    mlp_ratio: float = 4.0
+    img_size: ImageSize = field(default_factory=lambda: [32, 32])
+    patch_size: PositiveInt = 4
+    in_chans: PositiveInt = 3
+    num_classes: PositiveInt = 10
+    embed_dim: PositiveInt = 192
+    depth: PositiveInt = 6
+    num_heads: PositiveInt = 3
+    mlp_ratio: PositiveFloat = 4.0
     qkv_bias: bool = True
     class_token: bool = True
     global_pool: Literal["token", "avg"] = "token"
-    drop_rate: float = 0.0
-    attn_drop_rate: float = 0.0
-    drop_path_rate: float = 0.0
+    drop_rate: DropoutRate = 0.0
+    attn_drop_rate: DropoutRate = 0.0
+    drop_path_rate: DropoutRate = 0.0
     attention: ViTAttentionConfig = field(default_factory=ViTAttentionConfig)
+
+    CHECKS: ClassVar = (
+        divisible("img_size", by="patch_size"),
+        divisible("embed_dim", by="num_heads"),
+        rule(
+            ("global_pool", "class_token"),
+            lambda m: m.global_pool != "token" or m.class_token,
+            "'{p}global_pool: token' needs '{p}class_token: true' (or use global_pool: avg)",
+        ),
+    )
 
 
 _TIMM_224 = {"img_size": [224, 224], "patch_size": 16, "depth": 12, "num_classes": 1000}
