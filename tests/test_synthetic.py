@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -83,3 +85,22 @@ def test_cache_is_made_once_and_reused(tmp_path):
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]  # no half-built leftovers
     other = ensure_shapes_dataset(5, 3, seed=8, cache_dir=tmp_path, progress=False)
     assert other != root
+
+
+def test_only_the_split_asked_for_is_made(tmp_path):
+    """A notebook that shows validation images never waits for the training split."""
+    from attnkit.config import load_config
+    from attnkit.data import build_dataset
+
+    root = ensure_shapes_dataset(6, 3, seed=7, cache_dir=tmp_path, splits=("val",), progress=False)
+    assert (root / "annotations" / "instances_val2017.json").is_file()
+    assert not (root / "train2017").exists()
+    val = (root / "annotations" / "instances_val2017.json").read_text()
+    again = ensure_shapes_dataset(6, 3, seed=7, cache_dir=tmp_path, progress=False)
+    assert again == root and len(list((root / "train2017").iterdir())) == 6
+    assert (root / "annotations" / "instances_val2017.json").read_text() == val
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+    cfg = load_config(None, {"data.num_train": 40, "data.num_val": 2, "data.seed": 5})
+    assert len(build_dataset(cfg.data, "val")) == 2
+    made = [p for p in Path(os.environ["ATTNKIT_CACHE"]).glob("shapes_40_2_s5_*")]
+    assert made and not (made[0] / "train2017").exists()

@@ -240,30 +240,43 @@ def ensure_shapes_dataset(
     seed: int = 0,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    splits: tuple[str, ...] = ("train", "val"),
 ) -> Path:
     """The root of a synthetic train + val set with these parameters, made once and reused.
 
-    The folder name hashes the parameters and the generator version. It is built in a temporary
-    folder and renamed into place, so an interrupted build never leaves a half dataset and
+    Only ``splits`` are made now (a notebook that shows validation images never waits for the
+    training split); a later call adds the others into the same root. The folder name hashes the
+    parameters and the generator version. Each split is built in a temporary folder and moved
+    into place, its annotation file last, so an interrupted build never leaves a half split and
     concurrent callers (test workers, DDP ranks) agree on one copy.
     """
     key = json.dumps([GENERATOR_VERSION, num_train, num_val, seed], separators=(",", ":"))
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root = cache_dir / f"shapes_{num_train}_{num_val}_s{seed}_{digest}"
-    if (root / "annotations" / "instances_val2017.json").is_file():
-        return root
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp", dir=cache_dir))
+    plan = {"train": (num_train, seed), "val": (num_val, seed + 10_000)}
+    for split in splits:
+        ann = root / "annotations" / f"instances_{split}2017.json"
+        if not ann.is_file():
+            _make_split_into(root, split, *plan[split], progress=progress)
+    return root
+
+
+def _make_split_into(root: Path, split: str, num_images: int, seed: int, progress: bool) -> None:
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=root.name + f".{split}.tmp", dir=root.parent))
     try:
-        make_shapes_coco(tmp, num_train, seed=seed, split="train", progress=progress)
-        make_shapes_coco(tmp, num_val, seed=seed + 10_000, split="val", progress=progress)
+        make_shapes_coco(tmp, num_images, seed=seed, split=split, progress=progress)
+        (root / "annotations").mkdir(parents=True, exist_ok=True)
+        images = root / f"{split}2017"
+        if images.exists():  # a build that was interrupted before its annotation file
+            shutil.rmtree(images, ignore_errors=True)
         try:
-            tmp.rename(root)
+            (tmp / f"{split}2017").rename(images)
+            ann = f"instances_{split}2017.json"
+            (tmp / "annotations" / ann).rename(root / "annotations" / ann)
         except OSError:  # another process finished first: use its copy
-            if not (root / "annotations" / "instances_val2017.json").is_file():
+            if not (root / "annotations" / f"instances_{split}2017.json").is_file():
                 raise
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return root
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -17,8 +17,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
-from matplotlib.ticker import MaxNLocator, ScalarFormatter
+from matplotlib.ticker import ScalarFormatter
 
+from attnkit.viz.axes import COINCIDENT_STYLE, coincident_label, coinciding, step_axis
 from attnkit.viz.curves import lr_drop_steps, metrics_frame, smooth
 from attnkit.viz.labels import layer_label, sort_layers
 from attnkit.viz.style import figsize
@@ -157,7 +158,7 @@ def plot_alpha_heatmap(
     cbar = fig.colorbar(mesh, ax=ax, label=r"$\alpha$", fraction=0.04, pad=0.02)
     cbar.formatter = ScalarFormatter(useOffset=False)
     cbar.update_ticks()
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    step_axis(ax)
     fig.tight_layout()
     return fig
 
@@ -196,7 +197,7 @@ def plot_alpha_curves(
         ax.axhline(1.5, color="0.7", linewidth=0.6, zorder=0)
         ax.set_title(layer_label(layer))
         ax.set_xlabel("step")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        step_axis(ax)
         ax.yaxis.set_major_formatter(ScalarFormatter(useOffset=False))
         _drop_lines(ax, lr_drops)
     for ax in axes[:, 0]:
@@ -281,18 +282,25 @@ def plot_grad_norms(
     )
     ax = axes[0, 0]
     palette = dict(zip(GRAD_SERIES, sns.color_palette("deep")[3:6]))
+    curves = {k: (frame["step"], smooth(frame[k].to_numpy(dtype=float), smoothing)) for k in series}
+    same = coinciding(curves, log=True)  # total = other when pre_alpha's gradient is tiny
     for key in series:
         rows = frame[frame[key].notna()]
         values = rows[key].to_numpy(dtype=float)
         if smoothing > 0:
             ax.plot(rows["step"], values, color=palette[key], alpha=0.25, linewidth=0.6)
+        style = {"linestyle": ":" if key.endswith("total") else "-"}
+        label = GRAD_SERIES[key]
+        if key in same:
+            style = COINCIDENT_STYLE
+            label = coincident_label(label, GRAD_SERIES[same[key]])
         ax.plot(
             rows["step"],
             smooth(values, smoothing),
             color=palette[key],
             linewidth=1.1,
-            linestyle=":" if key.endswith("total") else "-",
-            label=GRAD_SERIES[key],
+            label=label,
+            **style,
         )
     ax.set_yscale("log")
     ax.set_ylabel("gradient norm")
@@ -314,7 +322,7 @@ def plot_grad_norms(
         lr_ax.set_ylabel("lr")
         lr_ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
     axes[-1, 0].set_xlabel("step")
-    axes[-1, 0].xaxis.set_major_locator(MaxNLocator(integer=True))
+    step_axis(axes[-1, 0])
     _drop_lines(axes[:, 0], lr_drop_steps(records))
     fig.tight_layout()
     return fig

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from attnkit.analysis.inspect import cross_attention_name
+from attnkit.viz.box_labels import select_boxes
 from attnkit.viz.labels import layer_label, model_color, normalizer_label
 from attnkit.viz.overlay import (
     COLORBAR_LABEL,
@@ -47,6 +48,7 @@ __all__ = [
     "plot_layer_head_grid",
     "plot_models_side_by_side",
     "plot_object_attention",
+    "shown_queries",
     "upsample_map",
 ]
 
@@ -73,11 +75,55 @@ def _draw_object_boxes(ax, inspection, query: int, linewidth: float = 0.9) -> No
         draw_box(ax, inspection.gt_boxes[target], GT_COLOR, dashed=True, linewidth=linewidth)
 
 
-def plot_detections(inspection, ax=None, queries: Sequence[int] | None = None, width: float = 0.5):
+def shown_queries(
+    inspection,
+    score_threshold: float | None = None,
+    nms_iou: float | None = None,
+    top_k: int | None = None,
+) -> list[int]:
+    """The predictions a detection figure draws, best score first.
+
+    The queries scoring ``score_threshold`` or more (None: the inspection's threshold), thinned
+    for display by :func:`~attnkit.viz.box_labels.select_boxes`: per-class NMS at IoU
+    ``nms_iou`` and the ``top_k`` best (None: no thinning). When none scores that much
+    (random-init models): the matched queries, one per ground truth, all of them.
+    """
+    threshold = inspection.score_threshold if score_threshold is None else score_threshold
+    pool = (inspection.scores >= threshold).nonzero().flatten()
+    if not len(pool):
+        pool = inspection.match_queries
+        nms_iou = top_k = None
+    keep = select_boxes(
+        inspection.boxes[pool],
+        inspection.scores[pool],
+        inspection.labels[pool],
+        nms_iou=nms_iou,
+        top_k=top_k,
+    )
+    return [int(pool[k]) for k in keep]
+
+
+def _thinning(nms_iou: float | None, top_k: int | None) -> str:
+    parts = [f"per-class NMS at IoU {nms_iou:g}" if nms_iou is not None else ""]
+    parts.append(f"top {top_k}" if top_k is not None else "")
+    return ", ".join(p for p in parts if p)
+
+
+def plot_detections(
+    inspection,
+    ax=None,
+    queries: Sequence[int] | None = None,
+    width: float = 0.5,
+    score_threshold: float | None = None,
+    nms_iou: float | None = None,
+    top_k: int | None = None,
+):
     """The image with its predicted boxes (solid, one colour each) and ground truth (dashed).
 
-    ``queries``: the predictions to draw; None: :meth:`ImageInspection.objects` (the detections,
-    or the matched queries when nothing reaches the score threshold, as for random-init models).
+    ``queries``: the predictions to draw; None: :func:`shown_queries` (the detections at
+    ``score_threshold``, or the matched queries when there are none, as for random-init
+    models, thinned by per-class NMS at ``nms_iou`` and the ``top_k`` best). Labels are placed
+    clear of each other and inside the image.
     """
     import seaborn as sns
 
@@ -85,7 +131,11 @@ def plot_detections(inspection, ax=None, queries: Sequence[int] | None = None, w
         size = inspection.image_size
         _, axes = image_grid(1, 1, size, figsize(width)[0], margins=(0.02, 0.02, 0.3, 0.02))
         ax = axes[0, 0]
-    queries = inspection.objects() if queries is None else list(queries)
+    threshold = inspection.score_threshold if score_threshold is None else score_threshold
+    pool = int((inspection.scores >= threshold).sum())
+    if queries is None:
+        queries = shown_queries(inspection, score_threshold, nms_iou, top_k)
+    queries = list(queries)
     ax.imshow(inspection.image)
     _clean_axis(ax)
     for t, box in enumerate(inspection.gt_boxes):
@@ -96,7 +146,10 @@ def plot_detections(inspection, ax=None, queries: Sequence[int] | None = None, w
         name = inspection.class_name(inspection.labels[q])
         score = float(inspection.scores[q])
         draw_box(ax, inspection.boxes[q], color, label=f"q{q} {name} {score:.2f}")
-    shown = "detections" if bool(inspection.detected.any()) else "matched queries, none detected"
+    if pool:
+        shown = "detections" if len(queries) == pool else f"of {pool} detections"
+    else:
+        shown = "matched queries, none detected"
     ax.set_title(
         f"{normalizer_label(inspection.model_name)}\n{len(queries)} {shown}",
         fontsize=LABEL_SIZE,
@@ -106,10 +159,18 @@ def plot_detections(inspection, ax=None, queries: Sequence[int] | None = None, w
     return ax.figure
 
 
-def plot_detections_row(inspections: Mapping[str, object], width: float = 1.0, ncols: int = 4):
+def plot_detections_row(
+    inspections: Mapping[str, object],
+    width: float = 1.0,
+    ncols: int = 4,
+    score_threshold: float | None = None,
+    nms_iou: float | None = None,
+    top_k: int | None = None,
+):
     """One panel per model (``{label: ImageInspection}`` of the same image) with its detections.
 
-    Predicted boxes solid (``q<query> <class> <score>``), ground truth dashed.
+    Predicted boxes solid (``q<query> <class> <score>``), ground truth dashed; the other
+    arguments as :func:`plot_detections`.
     """
     items = list(inspections.values())
     ncols = min(len(items), ncols)
@@ -121,10 +182,15 @@ def plot_detections_row(inspections: Mapping[str, object], width: float = 1.0, n
     for ax in axes.flat[len(items) :]:
         ax.axis("off")
     for ax, inspection in zip(axes.flat, items):
-        plot_detections(inspection, ax=ax)
+        plot_detections(
+            inspection, ax=ax, score_threshold=score_threshold, nms_iou=nms_iou, top_k=top_k
+        )
+    threshold = first.score_threshold if score_threshold is None else score_threshold
+    thinned = _thinning(nms_iou, top_k)
     fig.suptitle(
         f"image #{first.image_id} ({first.image.width}x{first.image.height} px): predictions "
-        f"(solid, score >= {first.score_threshold:g}) and ground truth (dashed)",
+        f"(solid, score >= {threshold:g}{'; ' + thinned if thinned else ''}) and ground truth "
+        "(dashed)",
         fontsize=TITLE_SIZE,
         y=1 - 0.08 / fig.get_size_inches()[1],
         va="top",

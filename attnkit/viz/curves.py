@@ -15,9 +15,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import MaxNLocator
 
 from attnkit.train.logger import read_metrics
+from attnkit.viz.axes import fit_legend, step_axis
 from attnkit.viz.labels import model_colors, normalizer_label
 from attnkit.viz.style import figsize
 
@@ -113,9 +113,8 @@ def smooth(values: Sequence[float], weight: float = 0.0) -> np.ndarray:
 def _mark_lr_drops(ax, drops: Mapping[str, list[int]], colors: Mapping[str, object]) -> None:
     """One dashed line per distinct drop step; grey when every run drops there.
 
-    Also sets the step axis to at most 5 whole-number ticks: four panels a row leave no room for
-    more (matplotlib's default ran "0 25 50 ... 200" together)."""
-    ax.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
+    Also makes x a step axis (:func:`~attnkit.viz.axes.step_axis`: as many ticks as fit)."""
+    step_axis(ax)
     steps = sorted({s for v in drops.values() for s in v})
     for step in steps:
         owners = [n for n, v in drops.items() if step in v]
@@ -149,9 +148,8 @@ def _legend(fig, axes, ncol: int) -> None:
                 handles.append(h)
                 labels.append(lab)
     if labels:
-        fig.legend(
-            handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(ncol + 1, 6)
-        )
+        kwargs = {"loc": "lower center", "bbox_to_anchor": (0.5, 1.0)}
+        fit_legend(fig, handles, labels, max_ncol=min(ncol + 1, 6), **kwargs)
 
 
 def plot_loss_curves(

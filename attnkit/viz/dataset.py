@@ -8,29 +8,26 @@ import seaborn as sns
 from matplotlib.patches import Rectangle
 
 from attnkit.data.stats import SIZE_BUCKETS, annotation_table, image_table
+from attnkit.viz.box_labels import place_label
 from attnkit.viz.style import figsize
 
 BOX_COLORS = sns.color_palette("bright", 10)
 
 
 def draw_boxes(ax, boxes_xyxy, labels=None, colors=None, linewidth: float = 1.2, fontsize=6):
-    """Draw absolute xyxy boxes (and their text labels) on an image axis."""
-    for k, box in enumerate(np.asarray(boxes_xyxy).reshape(-1, 4)):
-        x0, y0, x1, y1 = (float(v) for v in box)
-        color = colors[k] if colors is not None else BOX_COLORS[k % len(BOX_COLORS)]
+    """Draw absolute xyxy boxes and their text labels (placed clear of each other, inside the
+    image: :func:`~attnkit.viz.box_labels.place_label`) on an image axis."""
+    boxes = np.asarray(boxes_xyxy, dtype=float).reshape(-1, 4)
+    colors = [
+        colors[k] if colors is not None else BOX_COLORS[k % len(BOX_COLORS)]
+        for k in range(len(boxes))
+    ]
+    for (x0, y0, x1, y1), color in zip(boxes, colors):
         ax.add_patch(
             Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=color, linewidth=linewidth)
         )
-        if labels is not None:
-            ax.text(
-                x0,
-                y0,
-                str(labels[k]),
-                fontsize=fontsize,
-                color="white",
-                va="bottom",
-                bbox={"facecolor": color, "edgecolor": "none", "pad": 0.8, "alpha": 0.85},
-            )
+    for box, color, label in zip(boxes, colors, labels if labels is not None else []):
+        place_label(ax, box, str(label), color, fontsize=fontsize, pad=0.8)
 
 
 def plot_sample_grid(dataset, indices, ncols: int = 4, width: float = 1.0):
@@ -43,14 +40,17 @@ def plot_sample_grid(dataset, indices, ncols: int = 4, width: float = 1.0):
     names = dataset.categories
     for ax in axes.flat:
         ax.axis("off")
+    shown = []
     for ax, index in zip(axes.flat, indices):
         image = dataset.load_image(index)
         target = dataset.raw_target(index)
         ax.imshow(image)
+        ax.set_title(f"#{target['image_id']}  {image.width}x{image.height}", fontsize=7)
+        shown.append((ax, target))
+    fig.tight_layout(pad=0.3)  # before the labels: they are placed in the final axes
+    for ax, target in shown:
         labels = [names.get(int(c), str(int(c))) for c in target["labels"]]
         draw_boxes(ax, target["boxes"].numpy(), labels)
-        ax.set_title(f"#{target['image_id']}  {image.width}x{image.height}", fontsize=7)
-    fig.tight_layout(pad=0.3)
     return fig
 
 

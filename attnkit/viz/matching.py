@@ -20,6 +20,7 @@ from matplotlib.patches import Rectangle
 
 from attnkit.analysis.inspect import COST_TERMS
 from attnkit.viz.attention import LABEL_SIZE, TITLE_SIZE, draw_box, image_grid
+from attnkit.viz.box_labels import place_label, select_boxes
 from attnkit.viz.labels import normalizer_label
 from attnkit.viz.style import figsize
 
@@ -55,7 +56,9 @@ def _centre(box) -> tuple[float, float]:
     return (x0 + x1) / 2, (y0 + y1) / 2
 
 
-def _unmatched_queries(inspection, unmatched: str) -> list[int]:
+def _unmatched_queries(
+    inspection, unmatched: str, nms_iou: float | None = None, top_k: int | None = None
+) -> list[int]:
     matched = set(inspection.match_queries.tolist())
     if unmatched == "none":
         return []
@@ -65,15 +68,35 @@ def _unmatched_queries(inspection, unmatched: str) -> list[int]:
         pool = range(inspection.num_queries)
     else:
         raise ValueError(f"unmatched must be 'all', 'detected' or 'none', got {unmatched!r}")
-    return [q for q in pool if q not in matched]
+    pool = [q for q in pool if q not in matched]
+    if (nms_iou is None and top_k is None) or not pool:
+        return pool
+    index = torch.tensor(pool, dtype=torch.int64)
+    keep = select_boxes(
+        inspection.boxes[index],
+        inspection.scores[index],
+        inspection.labels[index],
+        nms_iou=nms_iou,
+        top_k=top_k,
+    )
+    return [pool[k] for k in keep]
 
 
-def plot_matching(inspection, ax=None, unmatched: str = "all", width: float = 0.6):
+def plot_matching(
+    inspection,
+    ax=None,
+    unmatched: str = "all",
+    width: float = 0.6,
+    nms_iou: float | None = None,
+    top_k: int | None = None,
+):
     """The image with each matched (prediction, ground truth) pair in its own colour.
 
-    Predicted box solid, ground truth dashed, a line joining their centres. ``unmatched``:
-    which unmatched queries to draw, faint grey: ``"all"``, ``"detected"`` (score over the
-    threshold: false positives and duplicates) or ``"none"``.
+    Predicted box solid, ground truth dashed, a line joining their centres; labels (``GT t`` at
+    the ground truth's centre, ``q<query>`` at the prediction) are placed clear of each other
+    inside the image. ``unmatched``: which unmatched queries to draw, faint grey: ``"all"``,
+    ``"detected"`` (score over the threshold: false positives and duplicates) or ``"none"``;
+    thinned for display by per-class NMS at IoU ``nms_iou`` and the ``top_k`` best (None: all).
     """
     if ax is None:
         _, axes = image_grid(
@@ -81,31 +104,35 @@ def plot_matching(inspection, ax=None, unmatched: str = "all", width: float = 0.
         )
         ax = axes[0, 0]
     ax.imshow(inspection.image)
-    for q in _unmatched_queries(inspection, unmatched):
+    ax.set_xlim(0, inspection.image.width)
+    ax.set_ylim(inspection.image.height, 0)
+    for q in _unmatched_queries(inspection, unmatched, nms_iou, top_k):
         draw_box(ax, inspection.boxes[q], UNMATCHED_COLOR, linewidth=0.5, alpha=0.6)
     pairs = _pairs(inspection)
-    for color, (q, t) in zip(pair_colors(len(pairs)), pairs):
+    colors = pair_colors(len(pairs))
+    for color, (q, t) in zip(colors, pairs):
         draw_box(ax, inspection.gt_boxes[t], color, dashed=True, linewidth=1.0)
-        draw_box(ax, inspection.boxes[q], color, linewidth=1.0, label=f"q{q}")
+        draw_box(ax, inspection.boxes[q], color, linewidth=1.0)
         (px, py), (gx, gy) = _centre(inspection.boxes[q]), _centre(inspection.gt_boxes[t])
         ax.plot([px, gx], [py, gy], color=color, linewidth=1.0)
         ax.plot([px], [py], "o", color=color, markersize=2.5)
-        ax.text(
-            gx,
-            gy,
-            f"GT {t}",
-            fontsize=LABEL_SIZE - 1,
-            color="white",
-            ha="center",
-            va="center",
-            bbox={"facecolor": color, "edgecolor": "none", "pad": 0.6},
-        )
-    ax.set_xlim(0, inspection.image.width)
-    ax.set_ylim(inspection.image.height, 0)
+    for color, (_, t) in zip(colors, pairs):  # ground truth first: their labels sit centred
+        box = inspection.gt_boxes[t]
+        place_label(ax, box, f"GT {t}", color, prefer="centre", fontsize=LABEL_SIZE - 1)
+    for color, (q, _) in zip(colors, pairs):
+        place_label(ax, inspection.boxes[q], f"q{q}", color, fontsize=LABEL_SIZE - 1, alpha=0.8)
+    thinned = [f"NMS {nms_iou:g}" if nms_iou is not None else "", f"top {top_k}" if top_k else ""]
+    thinned = ", ".join(t for t in thinned if t)
     handles = [
         Line2D([], [], color="0.1", linewidth=1.0, label="matched prediction"),
         Line2D([], [], color="0.1", linewidth=1.0, linestyle=(0, (3, 2)), label="its ground truth"),
-        Line2D([], [], color=UNMATCHED_COLOR, linewidth=0.6, label=f"unmatched ({unmatched})"),
+        Line2D(
+            [],
+            [],
+            color=UNMATCHED_COLOR,
+            linewidth=0.6,
+            label=f"unmatched ({unmatched}{', ' + thinned if thinned else ''})",
+        ),
     ]
     ax.legend(
         handles=handles,

@@ -21,6 +21,8 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
+from attnkit.viz.box_labels import place_label
+
 __all__ = [
     "CMAP",
     "GT_COLOR",
@@ -117,8 +119,13 @@ def draw_box(
     label: str | None = None,
     linewidth: float = 1.0,
     alpha=1.0,
-) -> None:
-    """One absolute xyxy box (solid for predictions, dashed for ground truth) and its label."""
+):
+    """One absolute xyxy box (solid for predictions, dashed for ground truth) and its label.
+
+    The label is placed by :func:`~attnkit.viz.box_labels.place_label`: clear of the labels
+    already on ``ax`` and inside the image (preferably above a solid box, below a dashed one).
+    Returns the label's Text (None without a label).
+    """
     x0, y0, x1, y1 = (float(v) for v in box)
     ax.add_patch(
         Rectangle(
@@ -132,17 +139,18 @@ def draw_box(
             alpha=alpha,
         )
     )
-    if label:
-        ax.text(
-            x0,
-            y1 if dashed else y0,
-            label,
-            fontsize=LABEL_SIZE - 1,
-            color="black" if dashed else "white",
-            va="top" if dashed else "bottom",
-            bbox={"facecolor": color, "edgecolor": "none", "pad": 0.6, "alpha": 0.8 * alpha},
-            clip_on=True,
-        )
+    if not label:
+        return None
+    return place_label(
+        ax,
+        (x0, y0, x1, y1),
+        label,
+        color,
+        text_color="black" if dashed else "white",
+        prefer="below" if dashed else "above",
+        fontsize=LABEL_SIZE - 1,
+        alpha=0.8 * alpha,
+    )
 
 
 def image_grid(

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from attnkit.viz.axes import COINCIDENT_STYLE, coincident_label, coinciding, fit_legend
 from attnkit.viz.labels import (
     RANDOM_SUFFIX,
     layer_label,
@@ -187,7 +188,7 @@ def plot_sparsity_overview(
     handles, labels = axes[0][0].get_legend_handles_labels()
     handles.append(plt.Line2D([], [], marker="o", linestyle="", markersize=2.5, color="0.15"))
     labels.append("per head")
-    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=6)
+    fit_legend(fig, handles, labels, max_ncol=6, loc="lower center", bbox_to_anchor=(0.5, 1.0))
     fig.tight_layout()
     return fig
 
@@ -315,33 +316,61 @@ def plot_metric_distribution(
     fig, axes = plt.subplots(
         1, len(layers), figsize=figsize(width, aspect=0.36), squeeze=False, sharey=True
     )
+    hidden: dict[str, tuple[str, list[str]]] = {}  # later model -> (earlier, panels)
     for ax, layer in zip(axes[0], layers):
+        curves = {}
         for model in models:
             sel = records[(records["model"] == model) & (records["layer"] == layer)]
-            x, y = _ecdf(sel[metric].to_numpy(dtype=float))
+            curves[model] = _ecdf(sel[metric].to_numpy(dtype=float))
+        same = coinciding(curves)
+        for model, (x, y) in curves.items():
+            style = {"linestyle": "--" if model.endswith(RANDOM_SUFFIX) else "-"}
+            if model in same:
+                style = COINCIDENT_STYLE
+                hidden.setdefault(model, (same[model], []))[1].append(layer_label(layer))
             ax.step(
                 x,
                 y,
                 where="post",
                 color=colors[model],
-                linestyle="--" if model.endswith(RANDOM_SUFFIX) else "-",
                 linewidth=1.0,
                 label=normalizer_label(model),
+                **style,
             )
         ax.set_title(layer_label(layer))
         ax.set_xlabel(METRIC_LABELS.get(metric, metric))
         if metric in BOUNDED:
             ax.set_xlim(-0.02, 1.02)
     axes[0][0].set_ylabel("fraction of maps")
-    handles, labels = _style_legend(models, colors)
-    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(labels))
+    handles, labels = _style_legend(models, colors, _coincidence_notes(hidden, len(layers)))
+    fit_legend(fig, handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0))
     fig.tight_layout()
     return fig
 
 
-def _style_legend(models: Sequence[str], colors: Mapping[str, object]):
+def _coincidence_notes(hidden: Mapping[str, tuple[str, list[str]]], panels: int) -> dict:
+    """``{model: legend label}`` of models whose curve lies on another's (:func:`coinciding`):
+    ``α-entmax (= 1.5-entmax at init)`` when both are random-init models."""
+    notes = {}
+    for model, (other, where) in hidden.items():
+        both_random = model.endswith(RANDOM_SUFFIX) and other.endswith(RANDOM_SUFFIX)
+        mine, theirs = (m.removesuffix(RANDOM_SUFFIX) if both_random else m for m in (model, other))
+        note = "at init" if both_random else ""
+        if len(where) < panels:
+            note = f"{note} in {', '.join(where)}".strip()
+        notes[mine] = coincident_label(normalizer_label(mine), normalizer_label(theirs), note)
+    return notes
+
+
+def _style_legend(
+    models: Sequence[str], colors: Mapping[str, object], notes: Mapping[str, str] | None = None
+):
     """Legend entries: one colour per trained model, then line styles for trained / random init
-    when random-init models are present (instead of one entry per model and state)."""
+    when random-init models are present (instead of one entry per model and state).
+
+    ``notes``: labels replacing a model's entry (a curve that lies on another's); an entry is
+    added for a model that has no colour entry of its own."""
+    notes = dict(notes or {})
     trained = [m for m in models if not m.endswith(RANDOM_SUFFIX)]
     has_random = len(trained) < len(models)
     bases = trained + [
@@ -352,7 +381,10 @@ def _style_legend(models: Sequence[str], colors: Mapping[str, object]):
     handles = [
         plt.Line2D([], [], color=colors.get(m, colors.get(m + RANDOM_SUFFIX))) for m in bases
     ]
-    labels = [normalizer_label(m) for m in bases]
+    labels = [notes.pop(m, normalizer_label(m)) for m in bases]
+    for model, label in notes.items():  # coinciding curves without an entry of their own
+        handles.append(plt.Line2D([], [], color=colors.get(model, "0.3"), **_legend_style()))
+        labels.append(label)
     if has_random:
         handles += [
             plt.Line2D([], [], color="0.3", linestyle="-"),
@@ -360,3 +392,7 @@ def _style_legend(models: Sequence[str], colors: Mapping[str, object]):
         ]
         labels += ["trained", "random init"]
     return handles, labels
+
+
+def _legend_style() -> dict:
+    return {k: v for k, v in COINCIDENT_STYLE.items() if k not in ("markevery", "zorder")}
