@@ -60,3 +60,30 @@ def test_shipped_checkpoint_reproduces_its_recorded_ap_and_reaches_the_target(no
     assert metrics["AP50"] == pytest.approx(shipped["AP50"], abs=0.01)
     assert metrics["AP"] == pytest.approx(shipped["AP"], abs=0.01)
     assert metrics["AP50"] >= MIN_AP50
+
+
+@pytest.mark.slow
+def test_the_default_workbook_profile_hands_detectors_to_the_analyses(tmp_path, repo_root):
+    """detr/01 of ``make workbook`` (default profile) fine-tunes each variant from the shipped
+    base; the weakest, softmax, must still detect (AP50 >= 0.5 on the 128 val images) so that
+    02-06 analyse detectors. Same settings as the notebook builds from the profile (2 min)."""
+    import yaml
+
+    from attnkit.config import load_config
+    from attnkit.train.loop import train
+
+    spec = yaml.safe_load((repo_root / "notebooks" / "workbook.yaml").read_text())
+    (entry,) = [e for e in spec["notebooks"] if e["family"] == "detr" and e["id"] == "01"]
+    p = entry["profiles"]["default"]["parameters"]
+    settings = {
+        "model.attention.cross": "softmax",
+        "train.epochs": p["epochs"],
+        "train.eval_every_epochs": p["epochs"],
+        "train.init_from": p["init_from"],
+        "data.num_train": p["num_train"],
+        "data.num_val": p["num_val"],
+        **p["overrides"],
+    }
+    cfg = load_config(repo_root / "configs" / "detr" / "shapes_tiny_softmax.yaml", settings)
+    summary = train(cfg, tmp_path, progress=False)
+    assert summary["AP50"] >= MIN_AP50

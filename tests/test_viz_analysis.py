@@ -172,6 +172,16 @@ def test_lr_drop_and_smoothing():
     assert curves.lr_drop_steps(records) == [7]
     assert curves.lr_drop_steps(records, "alpha") == [7]
     assert curves.lr_drop_steps(make_records(drop_after=99)) == []
+    cosine = [
+        {
+            "kind": "train",
+            "step": s,
+            "epoch": 0,
+            "lr/default": 1e-4 * (1 + math.cos(math.pi * s / 130)),
+        }
+        for s in range(4, 129, 4)
+    ]
+    assert curves.lr_drop_steps(cosine) == []  # a gradual decay is not a drop
     x = np.array([1.0, 2.0, 3.0])
     assert np.array_equal(curves.smooth(x, 0.0), x)
     assert np.allclose(curves.smooth([4.0] * 5, 0.9), 4.0)  # debiased: no ramp from 0

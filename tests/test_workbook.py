@@ -196,19 +196,8 @@ def test_workbook_dir_is_substituted_in_parameters(tmp_path):
     assert (out / "x.txt").read_text() == "from 00"
 
 
-@pytest.fixture
-def linked_workbook(tmp_path):
-    """tiny/00 writes into its run folder (swept over ``tag``); tiny/01 reads one of them."""
-    make_notebook(
-        tmp_path / "00_write.ipynb",
-        "tag = ''\nrun_dir = None",
-        "import pathlib\n(pathlib.Path(run_dir) / 'tag.txt').write_text(tag)",
-    )
-    make_notebook(
-        tmp_path / "01_read.ipynb",
-        "source = ''",
-        "import pathlib\nassert (pathlib.Path(source) / 'tag.txt').read_text() == 'b'",
-    )
+def write_linked_spec(tmp_path):
+    """The spec of tiny/00 (swept over ``tag``: a, b) and tiny/01 reading the run with tag b."""
     spec = {
         "notebooks": [
             {
@@ -228,6 +217,22 @@ def linked_workbook(tmp_path):
     path = tmp_path / "workbook.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
+
+
+@pytest.fixture
+def linked_workbook(tmp_path):
+    """tiny/00 writes into its run folder (swept over ``tag``); tiny/01 reads one of them."""
+    make_notebook(
+        tmp_path / "00_write.ipynb",
+        "tag = ''\nrun_dir = None",
+        "import pathlib\n(pathlib.Path(run_dir) / 'tag.txt').write_text(tag)",
+    )
+    make_notebook(
+        tmp_path / "01_read.ipynb",
+        "source = ''",
+        "import pathlib\nassert (pathlib.Path(source) / 'tag.txt').read_text() == 'b'",
+    )
+    return write_linked_spec(tmp_path)
 
 
 def set_source(workbook, source: str) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_workbook import make_notebook
+from test_workbook import make_notebook, write_linked_spec
 
 from attnkit.cli import main
 from attnkit.errors import EnvError, OutputError
@@ -233,25 +233,7 @@ def linked(tmp_path):
     """tiny/00 swept over ``tag`` (a, b); tiny/01 reads the run with tag b."""
     make_notebook(tmp_path / "00_write.ipynb", "tag = ''", "")
     make_notebook(tmp_path / "01_read.ipynb", "source = ''", "")
-    spec = {
-        "notebooks": [
-            {
-                "family": "tiny",
-                "id": "00",
-                "notebook": "00_write.ipynb",
-                "sweep": {"tag": ["a", "b"]},
-            },
-            {
-                "family": "tiny",
-                "id": "01",
-                "notebook": "01_read.ipynb",
-                "parameters": {"source": "{run:tiny/00:tag=b}"},
-            },
-        ]
-    }
-    path = tmp_path / "workbook.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+    return write_linked_spec(tmp_path)
 
 
 def test_p_over_a_swept_key_keeps_the_sweep_name(linked):

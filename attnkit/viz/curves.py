@@ -74,8 +74,12 @@ def metrics_frame(records: Sequence[Mapping], kind: str = "train") -> pd.DataFra
     return frame.sort_values("step").reset_index(drop=True)
 
 
-def lr_drop_steps(records: Sequence[Mapping], group: str = "default") -> list[int]:
-    """Logged steps at which ``lr/<group>`` is lower than at the previous logged step.
+def lr_drop_steps(
+    records: Sequence[Mapping], group: str = "default", max_ratio: float = 0.5
+) -> list[int]:
+    """Logged steps at which ``lr/<group>`` fell to ``max_ratio`` or less of its value at the
+    previous logged step while staying constant before or after it: the drops of a step schedule
+    (x0.1 in DETR), not the decay of a cosine schedule or the ramp of a warm-up.
 
     That is the first logged step trained with the lower lr: the drop itself happened after the
     previous logged step, so with ``train.log_every_steps`` = n it is at most n - 1 steps early.
@@ -85,7 +89,12 @@ def lr_drop_steps(records: Sequence[Mapping], group: str = "default") -> list[in
     if key not in frame:
         return []
     lr = frame[key].to_numpy(dtype=float)
-    drops = np.flatnonzero(lr[1:] < lr[:-1] * (1 - 1e-9)) + 1
+    flat = np.isclose(lr[1:], lr[:-1], rtol=1e-6)  # flat[i]: lr[i + 1] == lr[i]
+    drops = [
+        i
+        for i in np.flatnonzero(lr[1:] <= lr[:-1] * max_ratio) + 1
+        if (i >= 2 and flat[i - 2]) or (i < len(flat) and flat[i])  # constant on one side
+    ]
     return [int(frame["step"].iloc[i]) for i in drops]
 
 
