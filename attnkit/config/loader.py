@@ -197,7 +197,7 @@ def _convert(value: Any, hint: Any, key: str, origin: dict[str, str]) -> Any:
         for check in checks:
             if isinstance(check, Check) and not check(converted):
                 raise ConfigError(
-                    f"{_source(key, origin)}: '{key}' must be {check.text}, got {value!r}"
+                    f"{_source(key, origin)}: '{key}' must be {check.text}, got {converted!r}"
                 )
         return converted
     if kind is typing.Literal:
@@ -315,7 +315,8 @@ def _check_rules(section: Any, origin: dict[str, str], prefix: str) -> None:
         message = rule.message(section)
         if message is not None:
             sources = [_source(f"{prefix}{key}", origin) for key in rule.keys]
-            source = next((s for s in sources if s != "defaults"), "defaults")
+            overrides = [s for s in sources if s.startswith("override")]  # the latest change
+            source = next(iter(overrides or [s for s in sources if s != "defaults"]), "defaults")
             raise ConfigError(f"{source}: {message.replace('{p}', prefix)}")
 
 
