@@ -197,7 +197,7 @@ def cmd_workbook_run(args) -> int:
 
 def cmd_workbook_list(args) -> int:
     from attnkit.workbook import INJECTED, load_workbook, notebook_parameters
-    from attnkit.workbook_spec import full_id, select_entries
+    from attnkit.workbook_spec import declared_type, full_id, select_entries
 
     families = [f.strip() for f in args.family.split(",")] if args.family else None
     entries = select_entries(load_workbook(args.workbook)["notebooks"], families)
@@ -213,8 +213,8 @@ def cmd_workbook_list(args) -> int:
             if name in INJECTED:
                 continue
             help_text = f"  # {info['help']}" if info.get("help") else ""
-            kind = info.get("inferred_type_name")
-            kind = f": {kind}" if kind not in (None, "None") else ""
+            kind, _ = declared_type(info)  # annotated, else read off the default
+            kind = f": {kind}" if kind else ""
             print(f"    {name}{kind} = {info['default']}{help_text}")
         for profile, chosen in (entry.get("profiles") or {}).items():
             print(f"    profile {profile}: {chosen}")

@@ -77,3 +77,11 @@ def test_reference_recipe_help_and_base_first(capsys):
     with pytest.raises(SystemExit):  # a fine-tuned model without its base run
         reference.main(["--normalizers", "softmax", "--runs", "/nonexistent/runs"])
     assert "train sparsemax first" in capsys.readouterr().err
+
+
+def test_workbook_list_shows_each_parameter_type(capsys, repo_root):
+    """The type a -p value is checked against, read off the default when not annotated."""
+    workbook = str(repo_root / "notebooks" / "workbook.yaml")
+    assert main(["workbook", "list", "--workbook", workbook, "--family", "detr"]) == 0
+    listing = capsys.readouterr().out
+    assert "num_samples: int = 12" in listing and "split: str = " in listing
