@@ -90,11 +90,11 @@ def lr_drop_steps(
         return []
     lr = frame[key].to_numpy(dtype=float)
     flat = np.isclose(lr[1:], lr[:-1], rtol=1e-6)  # flat[i]: lr[i + 1] == lr[i]
-    drops = [
-        i
-        for i in np.flatnonzero(lr[1:] <= lr[:-1] * max_ratio) + 1
-        if (i >= 2 and flat[i - 2]) or (i < len(flat) and flat[i])  # constant on one side
-    ]
+    drops = []
+    for i in np.flatnonzero(lr[1:] <= lr[:-1] * max_ratio) + 1:
+        sides = ([flat[i - 2]] if i >= 2 else []) + ([flat[i]] if i < len(flat) else [])
+        if not sides or any(sides):  # constant before or after (two values: nothing to compare)
+            drops.append(i)
     return [int(frame["step"].iloc[i]) for i in drops]
 
 
