@@ -8,6 +8,7 @@ run's folder without touching its ``config.yaml`` or checkpoint.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,14 +21,15 @@ ANALYSIS_FILES = ("records.parquet", "summary.json", "analysis_config.yaml")
 
 
 def make_folder(path: str | Path, what: str = "output folder") -> Path:
-    """Create ``path`` (and parents); a folder that cannot be made is an :class:`EnvError`."""
+    """Create ``path`` (and parents); a folder that cannot be made or written into is an
+    :class:`EnvError` naming it and the OS's reason."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError) as err:
-        raise EnvError(f"cannot create the {what} {path}: a file is in the way ({err})") from err
     except OSError as err:
         raise EnvError(f"cannot create the {what} {path}: {err.strerror or err}") from err
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise EnvError(f"cannot write into the {what} {path}: permission denied")
     return path
 
 

@@ -18,14 +18,14 @@ silently.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from attnkit.errors import EnvError, OutputError
+from attnkit.errors import OutputError
+from attnkit.outputs import make_folder
 from attnkit.workbook_refs import check_references, resolve_references, substitute
 from attnkit.workbook_results import SUMMARY, RunResult, load_results, write_summary
 from attnkit.workbook_spec import (
@@ -172,17 +172,6 @@ def check_clashes(runs: list[NotebookRun], out_dir: Path, overwrite: bool) -> No
     )
 
 
-def make_out_dir(out_dir: Path) -> None:
-    """Create ``out_dir`` (an :class:`EnvError` naming it and the OS's reason when impossible)."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        reason = err.strerror or str(err)
-        raise EnvError(f"cannot create the workbook output folder {out_dir}: {reason}") from err
-    if not os.access(out_dir, os.W_OK | os.X_OK):
-        raise EnvError(f"cannot write into the workbook output folder {out_dir}: permission denied")
-
-
 def _execute(run: NotebookRun, out_dir: Path, kernel_name: str, profile: str) -> RunResult:
     """Run one notebook with papermill (cwd: its folder); a failure is recorded, never raised."""
     import papermill
@@ -250,7 +239,7 @@ def run_workbook(
     runs = plan_runs(workbook, profile, only, overrides, families, out_dir)
     earlier = load_results(out_dir)
     check_clashes(runs, out_dir, overwrite)
-    make_out_dir(out_dir)
+    make_folder(out_dir, "workbook output folder")
     kernel_name = kernel_name or default_kernel()
     results: list[RunResult] = []
     summary = out_dir / SUMMARY

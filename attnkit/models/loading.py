@@ -16,6 +16,7 @@ from attnkit.errors import CheckpointError
 from attnkit.models.build import build_model
 from attnkit.models.registry import family_of
 from attnkit.runfiles import resolve_checkpoint
+from attnkit.train.checkpoint import load_checkpoint
 
 __all__ = ["NORMALIZER_PARAMETERS", "init_from_checkpoint", "model_from_checkpoint"]
 
@@ -26,12 +27,6 @@ weight, so they are cleared when a model is rebuilt from one (the file need not 
 NORMALIZER_PARAMETERS = ("pre_alpha",)
 """Parameter names (suffixes) that belong to an attention normalizer, not to the architecture:
 fine-tuning between normalizers may add or drop them."""
-
-
-def _read(path: Path) -> dict:
-    from attnkit.train.checkpoint import load_checkpoint
-
-    return load_checkpoint(path)
 
 
 def _state_of(ckpt: dict, path: Path) -> dict:
@@ -125,7 +120,7 @@ def model_from_checkpoint(
     :class:`CheckpointError` (or :class:`ConfigError`) naming the file.
     """
     path = resolve_checkpoint(checkpoint)
-    ckpt = _read(path)
+    ckpt = load_checkpoint(path)
     stored = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else None
     state = _state_of(ckpt, path)
     if config is not None:
@@ -137,7 +132,7 @@ def model_from_checkpoint(
             f"{path} carries no config (not written by `attnkit train`?): pass --config with "
             "the config of its architecture"
         )
-    if stored is not None and not allow_model_change:
+    if stored is not None and (config is not None or overrides) and not allow_model_change:
         changed = _model_diff(stored, cfg)
         if changed:
             raise CheckpointError(
@@ -170,7 +165,7 @@ def init_from_checkpoint(model, checkpoint: str | Path, cfg=None) -> list[str]:
     path = resolve_checkpoint(checkpoint)
     if not path.is_file():
         raise CheckpointError(f"train.init_from: no checkpoint at {path}")
-    state = _state_of(_read(path), path)
+    state = _state_of(load_checkpoint(path), path)
     if cfg is not None and _load_foreign(model, cfg, state):
         return []
     own = model.state_dict()

@@ -23,7 +23,7 @@ from attnkit.config import config_diff, config_from_dict, config_to_dict, save_c
 from attnkit.errors import CheckpointError, OutputError, TrainingError
 from attnkit.models import build_model
 from attnkit.models.loading import init_from_checkpoint
-from attnkit.outputs import TRAIN_FILES, claim_output, existing, remove_outputs
+from attnkit.outputs import TRAIN_FILES, existing, make_folder, remove_outputs
 from attnkit.runfiles import CHECKPOINT_NAME
 from attnkit.tasks import task_of
 from attnkit.tasks.evaluate import run_evaluation
@@ -161,7 +161,7 @@ class Trainer:
                     f"pass {hint}--overwrite to start afresh, or choose another --out"
                 )
         if self.main:
-            claim_output(self.out_dir, (), "train")
+            make_folder(self.out_dir)
             stale = remove_partial_files(self.ckpt_path)
             if stale:
                 print(
