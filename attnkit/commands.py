@@ -17,6 +17,7 @@ BENCHMARKS = {
     "normalizers": "attnkit.bench.normalizers",
     "train_step": "attnkit.bench.train_step",
     "analysis": "attnkit.bench.analysis",
+    "models": "attnkit.bench.models",
 }
 
 

@@ -115,7 +115,7 @@ def test_every_normalizer_runs_records_and_learns(normalizer, content):
 
 def test_content_term_is_scaled_dot_product():
     torch.manual_seed(3)
-    layer = GaussianSelfAttention(8, 2, content=True)
+    layer = GaussianSelfAttention(8, 2, content=True, content_dim=4)
     x = torch.randn(1, 6, 8)
     _, weights = layer(x, (2, 3), need_weights=True)
     q, k = layer.qk(x).view(1, 6, 2, 2, 4).permute(2, 0, 3, 1, 4).unbind(0)  # [1, H, N, D]

@@ -26,6 +26,7 @@ BUILTIN_FAMILIES: tuple[str, ...] = (
     "attnkit.models.detr.family",
     "attnkit.models.vit.family",
     "attnkit.models.cnn.family",
+    "attnkit.models.sa_conv.family",
 )
 """Modules that register the shipped families when imported (one line per family)."""
 

@@ -35,6 +35,7 @@ from attnkit.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from attnkit.train.logged_values import logged_values
 from attnkit.train.logger import MetricsLogger
 from attnkit.train.optim import build_optimizer, build_scheduler
 from attnkit.train.sampling import make_loader
@@ -230,6 +231,7 @@ class Trainer:
             record[f"lr/{group.get('name', 'default')}"] = group["lr"]
         for name, alphas in alpha_values(self.model).items():
             record[f"alpha/{name}"] = [round(float(a), 6) for a in alphas]
+        record.update(logged_values(self.model))
         record.update(
             {"time/iter": t_iter, "time/data": t_data, "memory_mb": _memory_mb(self.device)}
         )

@@ -24,10 +24,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from attnkit.attention.core import attend
-from attnkit.attention.hooks import AttentionModule
-from attnkit.attention.layout import KeyLayout
-from attnkit.attention.normalizers import get_normalizer
+from attnkit.models.sa_conv.positional_attention import PositionalSelfAttention
 
 __all__ = ["GaussianPositionalScores", "GaussianSelfAttention", "conv_equivalent_attention"]
 
@@ -73,6 +70,16 @@ class GaussianPositionalScores(nn.Module):
             return 2 * self.log_alpha.exp()[:, None, None] * torch.eye(2, device=self.centre.device)
         return self.spread @ self.spread.transpose(-1, -2)
 
+    def logged_values(self) -> dict[str, list]:
+        """What the trainer logs at each logged step: every head's centre ``[row, col]`` and
+        precision ``Sigma^-1`` (2x2), to follow the heads over training."""
+        centre = self.centre.detach().float().cpu()
+        precision = self.precision().detach().float().cpu()
+        return {
+            "centre": [[round(float(v), 5) for v in c] for c in centre],
+            "precision": [[[round(float(v), 5) for v in r] for r in p] for p in precision],
+        }
+
     def forward(self, grid: tuple[int, int]) -> torch.Tensor:
         delta = grid_offsets(*grid, device=self.centre.device)  # [N, N, 2]
         diff = delta[None] - self.centre[:, None, None, :]  # [H, N, N, 2]
@@ -83,67 +90,44 @@ class GaussianPositionalScores(nn.Module):
         return -0.5 * projected.pow(2).sum(-1)  # [H, N, N]
 
 
-class GaussianSelfAttention(AttentionModule):
+class GaussianSelfAttention(PositionalSelfAttention):
     """Multi-head Gaussian positional self-attention over the tokens ``[B, N, C]`` of a grid.
 
     Args:
         dim: token width C (input and output).
         num_heads: heads H (the paper: 9).
-        head_dim: value width per head; ``dim // num_heads`` by default.
+        value_dim: per-head value width; None (default) lets every head read the input itself,
+            as the paper's code (then ``proj`` maps ``H * C -> C``).
         kind: ``isotropic`` or ``anisotropic`` spread.
-        content: add the content score ``q^T k / sqrt(head_dim)``.
+        content: add the content score ``q^T k / sqrt(content_dim)``.
+        content_dim: per-head query/key width (the value width by default).
         normalizer: a normalizer name (``softmax``, ``sparsemax``, ...) or module.
+        init_centre_std: std of the initial centres (the paper: 2).
+        attn_drop: dropout on the attention weights while training.
     """
 
     def __init__(
         self,
         dim: int,
         num_heads: int = 9,
-        head_dim: int | None = None,
+        value_dim: int | None = None,
         kind: Literal["isotropic", "anisotropic"] = "isotropic",
         content: bool = False,
+        content_dim: int | None = None,
         normalizer: str | nn.Module = "softmax",
         init_centre_std: float = 2.0,
+        attn_drop: float = 0.0,
     ) -> None:
-        super().__init__()
-        head_dim = head_dim or max(dim // num_heads, 1)
-        self.dim, self.num_heads, self.head_dim = dim, num_heads, head_dim
-        self.positional = GaussianPositionalScores(num_heads, kind, init_centre_std)
-        self.value = nn.Linear(dim, num_heads * head_dim)
-        self.qk = nn.Linear(dim, 2 * num_heads * head_dim) if content else None
-        self.proj = nn.Linear(num_heads * head_dim, dim)
-        if isinstance(normalizer, str):
-            normalizer = get_normalizer(normalizer, num_heads=num_heads)
-        self.normalizer = normalizer
-
-    def forward(
-        self, x: torch.Tensor, key_grid: tuple[int, int], need_weights: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``x [B, N, C]`` with ``N = h * w`` row-major -> ``(out [B, N, C], weights or None)``."""
-        B, N, _ = x.shape
-        h, w = key_grid
-        if h * w != N:
-            raise ValueError(f"key_grid {key_grid} does not hold the {N} tokens")
-        H, D = self.num_heads, self.head_dim
-        v = self.value(x).view(B, N, H, D).transpose(1, 2)  # [B, H, N, D]
-        if self.qk is not None:
-            q, k = self.qk(x).view(B, N, 2, H, D).permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, N, D]
-        else:  # no content: a zero dot product, so the scores are the positional ones alone
-            q = k = x.new_zeros(B, H, N, 1)
-        record = self.observed()
-        out, weights = attend(
-            q,
-            k,
-            v,
-            self.normalizer,
-            bias=self.positional((h, w)).unsqueeze(0),  # [1, H, N, N]
-            key_grid=(h, w),
-            need_weights=need_weights or record,
+        super().__init__(
+            dim,
+            num_heads,
+            GaussianPositionalScores(num_heads, kind, init_centre_std),
+            value_dim=value_dim,
+            content=content,
+            content_dim=content_dim,
+            normalizer=normalizer,
+            attn_drop=attn_drop,
         )
-        if record:
-            self.emit(weights, key_grid=(h, w), layout=KeyLayout(kind="grid", grid=(h, w)))
-        out = self.proj(out.transpose(1, 2).reshape(B, N, H * D))  # [B, N, C]
-        return out, (weights if need_weights else None)
 
 
 def conv_equivalent_attention(
@@ -160,13 +144,11 @@ def conv_equivalent_attention(
     if c_out != c_in or conv.stride != (1, 1) or conv.groups != 1:
         raise ValueError("Lemma 1 is built here for a square (C -> C), stride-1, ungrouped conv")
     heads = kh * kw
-    layer = GaussianSelfAttention(c_in, heads, head_dim=c_in, normalizer=normalizer)
+    layer = GaussianSelfAttention(c_in, heads, normalizer=normalizer)  # heads read the input
     shifts = [(ky - kh // 2, kx - kw // 2) for ky in range(kh) for kx in range(kw)]
     with torch.no_grad():
         layer.positional.centre.copy_(torch.tensor(shifts, dtype=torch.float32))
         layer.positional.log_alpha.fill_(float(torch.log(torch.tensor(alpha))))
-        layer.value.weight.copy_(torch.eye(c_in).repeat(heads, 1))  # every head: identity
-        layer.value.bias.zero_()
         for head, (ky, kx) in enumerate((ky, kx) for ky in range(kh) for kx in range(kw)):
             layer.proj.weight[:, head * c_in : (head + 1) * c_in] = conv.weight[:, :, ky, kx]
         layer.proj.bias.copy_(conv.bias if conv.bias is not None else torch.zeros(c_out))
