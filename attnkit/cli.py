@@ -18,6 +18,8 @@ Examples::
     attnkit workbook list
     attnkit workbook run --profile smoke --only detr/00 -p num_samples=8
     attnkit bench normalizers --quick
+    attnkit train --config configs/sa_conv/synth_gaussian_isotropic.yaml --out runs/gauss
+    attnkit bench models configs/sa_conv/ --device cpu --threads 2
 """
 
 from __future__ import annotations

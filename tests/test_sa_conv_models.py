@@ -215,7 +215,7 @@ def test_san_builds_from_a_config_with_its_normalizer():
     cfg = SAConvConfig(arch="san")
     cfg.attention.normalizer = "alpha_entmax"
     model = build_model(type("Cfg", (), {"model": cfg})())
-    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert model(images=torch.randn(2, 3, 32, 32)).shape == (2, 10)  # model(**batch.inputs)
     alphas = [m.normalizer for n, m in model.named_modules() if n.endswith("sam")]
     assert alphas and all(a.pre_alpha.numel() > 0 for a in alphas)
 

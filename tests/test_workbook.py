@@ -420,6 +420,8 @@ def test_smoke_profile_runs(repo_root, tmp_path):
             str(out),
             "--workbook",
             str(repo_root / "notebooks" / "workbook.yaml"),
+            "--family",  # sa_conv's smoke run is tests/test_sa_conv_notebooks.py (more checks)
+            "detr,vit",
         ]
     )
     assert code == 0

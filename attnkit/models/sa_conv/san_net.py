@@ -165,9 +165,10 @@ class SAN(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(c, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [B, in_chans, H, W]`` -> logits ``[B, num_classes]``."""
-        x = self.relu(self.bn_in(self.conv_in(x)))  # [B, planes[0], H, W]
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``images [B, in_chans, H, W]`` -> logits ``[B, num_classes]`` (called as
+        ``model(images=...)``, the family contract)."""
+        x = self.relu(self.bn_in(self.conv_in(images)))  # [B, planes[0], H, W]
         for i in range(self.num_stages):
             if self.downsample[i]:
                 x = self.pool(x)  # [B, C, H / 2, W / 2]

@@ -1,0 +1,125 @@
+"""The sa_conv family's notebooks: committed clean, every parameter in the tagged cell, workbook
+entries that resolve in every profile, and the smoke profile for ``--family sa_conv`` end to end."""
+
+from __future__ import annotations
+
+import ast
+
+import nbformat
+import pytest
+from PIL import Image, ImageStat
+
+from attnkit.workbook import PROFILES, plan_runs, run_workbook
+from attnkit.workbook_spec import notebook_parameters
+
+STEMS = [
+    "01_train",
+    "02_attention",
+    "03_gaussian_centres",
+    "04_conv_equivalence",
+    "05_benchmark",
+    "06_runs",
+]
+EXPECTED = {  # run name -> figures it must write
+    "sa_conv-01_train__model-synth_gaussian_anisotropic": {
+        "01_train_curves",
+        "01_accuracy",
+        "01_confusion",
+    },
+    "sa_conv-01_train__model-synth_learned2d": {"01_train_curves", "01_accuracy", "01_confusion"},
+    "sa_conv-02_attention": {
+        "02_sparsity_per_layer",
+        "02_heads_gini",
+        "02_heads_zeros_ratio",
+        "02_heads_entropy",
+        "02_attention_distance",
+        "02_query_gaussian_anisotropic",
+        "02_query_learned2d",
+        "02_average_attention_gaussian_anisotropic",
+        "02_average_attention_learned2d",
+        "02_centres_gaussian_anisotropic",  # Gaussian attention only
+        "02_offset_scores_learned2d",  # learned 2-D attention without content only
+    },
+    "sa_conv-03_gaussian_centres": {"03_centres_init", "03_centres_trained", "03_trajectories"},
+    "sa_conv-04_conv_equivalence": {"04_error_vs_alpha", "04_heads_softmax", "04_heads_sparsemax"},
+    "sa_conv-05_benchmark": {"05_throughput"},
+    "sa_conv-06_runs": {"06_train_curves", "06_val_accuracy", "06_val_loss"},
+}
+TABLES = {  # run name -> tables (markdown) it must write into its run folder
+    "sa_conv-01_train__model-synth_gaussian_anisotropic": {"final_metrics.md"},
+    "sa_conv-02_attention": {"layers.md"},
+    "sa_conv-03_gaussian_centres": {"centres.md"},
+    "sa_conv-04_conv_equivalence": {"conv_equivalence.md"},
+    "sa_conv-05_benchmark": {"benchmark.md"},
+    "sa_conv-06_runs": {"runs.md"},
+}
+
+
+def test_notebooks_are_clean_and_declare_every_parameter_in_the_tagged_cell(repo_root):
+    folder = repo_root / "notebooks" / "sa_conv"
+    paths = sorted(folder.glob("*.ipynb"))
+    assert [p.stem for p in paths] == STEMS
+    for path in paths:
+        nb = nbformat.read(path, as_version=4)
+        assert nb.cells[0].cell_type == "markdown", path.name  # says what the notebook shows
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), path
+        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1 and tagged[0] is code[0], path.name
+        assigned = [n for n in ast.parse(tagged[0].source).body if isinstance(n, ast.Assign)]
+        declared = notebook_parameters(path)  # papermill skips a line it cannot parse
+        assert len(declared) == len(assigned), (path.name, sorted(declared))
+        assert {"run_dir", "figures_dir"} <= set(declared), path.name
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_workbook_entries_resolve_in_every_profile(repo_root, profile):
+    runs = plan_runs(repo_root / "notebooks" / "workbook.yaml", profile, families=["sa_conv"])
+    # reference: trains nothing, and no sa_conv models are shipped yet: 04 and 05 only
+    skipped = ("01", "02", "03", "06") if profile == "reference" else ()
+    ids = [f"sa_conv/{stem[:2]}" for stem in STEMS if stem[:2] not in skipped]
+    assert list(dict.fromkeys(r.id for r in runs)) == ids
+    configs = repo_root / "configs" / "sa_conv"
+    for run in runs:
+        params = run.parameters
+        if run.id == "sa_conv/01":
+            assert (configs / f"{params['model']}.yaml").is_file(), run.name
+        if run.id == "sa_conv/05":
+            assert all((repo_root / c).is_file() for c in params.get("configs") or []), run.name
+        if profile == "reference":  # trains nothing: analyses the shipped models
+            assert not run.refs, run.name
+            shipped = [*(params.get("models") or {}).values(), params.get("run") or ""]
+            assert all(p.startswith("{checkpoints}/sa_conv_synth_") for p in shipped if p)
+        elif run.id in ("sa_conv/02", "sa_conv/03", "sa_conv/06"):  # 01's runs of this profile
+            assert run.refs and all(
+                ref.startswith("sa_conv-01_train__") for ref in run.refs.values()
+            )
+
+
+def test_sa_conv_smoke_profile_runs_and_writes_figures(repo_root, tmp_path):
+    results, summary = run_workbook(
+        repo_root / "notebooks" / "workbook.yaml",
+        profile="smoke",
+        families=["sa_conv"],
+        out_dir=tmp_path / "wb",
+        progress=False,
+    )
+    failed = {r.run.name: r.error for r in results if r.status != "ok"}
+    assert not failed, failed
+    assert [r.run.name for r in results] == list(EXPECTED)
+    for r in results:
+        names = {png.stem for png in r.figures}
+        assert EXPECTED[r.run.name] <= names, (r.run.name, names)
+        assert all(png.with_suffix(".pdf").is_file() for png in r.figures)
+        for png in r.figures:  # not blank
+            with Image.open(png) as img:
+                assert max(ImageStat.Stat(img.convert("L")).stddev) > 5, png
+        assert TABLES.get(r.run.name, set()) <= {t.name for t in r.tables}, r.run.name
+    assert "sa_conv-06_runs" in summary.read_text()
+    executed = nbformat.read(results[2].output, as_version=4)  # 02 analysed 01's models
+    text = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    assert "{'gaussian_anisotropic': 4, 'learned2d': 4} images per model" in text
+    tables = {t.name: t.read_text() for r in results for t in r.tables}
+    rows = [line.strip("|").split("|") for line in tables["conv_equivalence.md"].splitlines()[2:]]
+    off_shift = {float(cells[0]): cells[-1].strip() for cells in rows}  # sparsemax, by alpha
+    assert all((value == "0") == (alpha >= 1.0) for alpha, value in off_shift.items()), off_shift
