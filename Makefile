@@ -63,13 +63,16 @@ DOCS_RUN := runs/workbook/reference
 DOCS_FIGURES := detr-00_dataset/00_samples detr-02_attention_maps/02_models_img1_* \
 	detr-03_hungarian_matching/03_costs_img1 detr-04_sparsity/04_sparsity_per_layer \
 	detr-05_paibb/05_paibb_per_layer detr-06_alpha_entmax/06_alpha_heatmap \
-	vit-00_dataset/00_samples vit-02_attention/02_query_centre_sparsemax
+	vit-00_dataset/00_samples vit-02_attention/02_query_centre_sparsemax \
+	sa_conv-02_attention/02_average_attention_gaussian_isotropic \
+	sa_conv-03_gaussian_centres/03_trajectories sa_conv-04_conv_equivalence/04_error_vs_alpha \
+	sa_conv-05_benchmark/05_throughput sa_conv-06_runs/06_val_accuracy
 docs-figures: $(STAMP)
 	$(VENV)/bin/attnkit workbook run --profile reference --out $(DOCS_RUN) --overwrite
 	@for f in $(DOCS_FIGURES); do \
 		src=$$(ls $(DOCS_RUN)/figures/$$f.png 2>/dev/null | head -n 1); \
 		test -n "$$src" || { echo "no figure $$f.png in $(DOCS_RUN)" >&2; exit 1; }; \
-		family=$${f%%-*}; name=$$(basename $$f | sed 's/_img1.*//; s/_sparsemax$$//'); \
+		family=$${f%%-*}; name=$$(basename $$f | sed 's/_img1.*//; s/_sparsemax$$//; s/_gaussian_isotropic$$//'); \
 		mkdir -p docs/$$family; \
 		cp $$src docs/$$family/$$name.png || exit 1; echo "docs/$$family/$$name.png <- $$src"; \
 	done

@@ -119,6 +119,8 @@ def test_a_post_norm_layer_is_computed_as_the_paper():
         ffn = layer.fc2(F.gelu(layer.fc1(x)))
         x = F.layer_norm(x + ffn, (12,), layer.norm2.weight, layer.norm2.bias, 1e-12)
     torch.testing.assert_close(model(images), model.head(x.mean(1)), atol=1e-5, rtol=1e-5)
+    model.pool = "max"  # the synthetic-set configs' pooling
+    torch.testing.assert_close(model(images), model.head(x.amax(1)), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -236,3 +238,25 @@ def test_a_narrow_resnet18_is_torchvisions_with_every_width_scaled():
         elif tensor.dim() >= 1 and key != "fc.bias":
             expected = [s // 4 if s >= 64 else s for s in tensor.shape[:2]] + list(tensor.shape[2:])
             assert list(narrow[key].shape) == expected, key
+
+
+def test_hierarchical_san_shares_each_stages_blocks(repo_root):
+    from attnkit.models.sa_conv.san_build import build_san_from_config
+
+    cfg = SAConvConfig(arch="san")
+    cfg.san.layout = "tiny"
+    plain = build_san_from_config(cfg)
+    cfg.share_layers = True
+    cfg.san.layout = "san10"  # stages of 2, 1, 2, 4, 1 blocks
+    shared = build_san_from_config(cfg)
+    stage = shared.layer3  # four blocks, one set of weights
+    assert all(b.sam.conv1.weight is stage[0].sam.conv1.weight for b in stage)
+    per_block = sum(p.numel() for p in stage[0].parameters())
+    unshared = build_san_from_config(
+        load_config(repo_root / "configs/sa_conv/cifar10_san_pairwise.yaml").model
+    )
+    saved = sum(p.numel() for p in unshared.parameters()) - sum(
+        p.numel() for p in shared.parameters()
+    )
+    assert saved >= 3 * per_block  # layer3's three copies (and layer0's, layer2's one each) gone
+    assert plain(images=torch.randn(1, 3, 32, 32)).shape == (1, 10)

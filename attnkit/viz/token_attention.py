@@ -159,7 +159,8 @@ def plot_query_attention_blocks(
     mappable = None
     for r, block in enumerate(blocks):
         maps, mass = found[block]
-        _draw_query(axes[r, 0], pil, grid, query, None if r else f"query: {_query_text(query)}")
+        # two lines: the query column is as narrow as a head's, and 9-16 heads make it small
+        _draw_query(axes[r, 0], pil, grid, query, None if r else f"query\n{_query_text(query)}")
         mappable = _draw_maps(
             axes[r, 1:], pil, maps[heads], mass[heads], mode, vmax, gamma, prefix_tokens > 0
         )

@@ -9,8 +9,13 @@ Two architectures:
   the attention: ``gaussian`` (quadratic positional), ``learned2d`` (learned relative offsets) or
   ``content`` (plain multi-head self-attention with learned absolute positions, the ViT-style
   baseline). ``share_layers`` (the hierarchical variants) ties every layer to the first one.
+  ``pool``: ``mean`` (the paper) or ``max`` over the tokens before the classifier; on the
+  synthetic set (small shapes on textured backgrounds) mean pooling keeps these models at chance
+  for hundreds of steps, max pooling learns at once.
 * ``arch: san``: Zhao et al.'s SAN (pairwise / patchwise self-attention over a k x k footprint);
-  its options are ``model.san``.
+  its options are ``model.san``, with ``img_size``, ``in_chans``, ``num_classes``,
+  ``share_layers`` (the blocks of a stage share weights) and ``attention.normalizer`` /
+  ``alpha_init`` / ``tvmax_lambda``; the transformer's other fields do not apply.
 
 The defaults are a CPU-sized model for the synthetic 32x32 set; ``configs/sa_conv/`` holds the
 paper's sizes.
@@ -89,6 +94,7 @@ class SAConvConfig:
     layer_norm_eps: PositiveFloat = 1e-12
     share_layers: bool = False
     position_embedding: bool = False
+    pool: Literal["mean", "max"] = "mean"
     max_grid: ImageSize | None = None
     attention: SAConvAttentionConfig = field(default_factory=SAConvAttentionConfig)
     san: SANConfig = field(default_factory=SANConfig)

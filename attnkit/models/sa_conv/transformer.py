@@ -7,7 +7,7 @@ The layout follows the paper's code (a BERT encoder on pixels):
   position embeddings for the content-only, ViT-style baseline);
 * ``depth`` post-norm layers: ``x = LN(x + dense(attention(x)))`` then
   ``x = LN(x + fc2(GELU(fc1(x))))``, with dropout after ``dense`` and ``fc2``;
-* mean of the tokens, a linear classifier.
+* mean of the tokens (``pool: max``: their maximum), a linear classifier.
 
 ``share_layers`` (the hierarchical variants) ties the parameters of every layer to the first
 layer's, so the model learns one block applied ``depth`` times; the input-independent positional
@@ -30,8 +30,9 @@ from attnkit.attention import SelfAttention, make_normalizer
 from attnkit.models.sa_conv.config import SAConvConfig
 from attnkit.models.sa_conv.gaussian import GaussianSelfAttention
 from attnkit.models.sa_conv.learned2d import Learned2DSelfAttention
+from attnkit.models.sa_conv.sharing import share_blocks
 
-__all__ = ["SAConvLayer", "SAConvTransformer", "SpaceToDepth", "build_attention", "tie_parameters"]
+__all__ = ["SAConvLayer", "SAConvTransformer", "SpaceToDepth", "build_attention"]
 
 
 class SpaceToDepth(nn.Module):
@@ -121,15 +122,6 @@ class SAConvLayer(nn.Module):
         return self.norm2(x + self.drop(self.fc2(F.gelu(self.fc1(x)))))  # [B, N, C]
 
 
-def tie_parameters(source: nn.Module, target: nn.Module) -> None:
-    """Make every parameter of ``target`` the very same ``nn.Parameter`` as ``source``'s
-    (modules of identical structure): one set of weights, counted and optimised once."""
-    for name, param in source.named_parameters():
-        owner_name, _, leaf = name.rpartition(".")
-        owner = target.get_submodule(owner_name) if owner_name else target
-        setattr(owner, leaf, param)
-
-
 class SAConvTransformer(nn.Module):
     """``forward(images [B, C, H, W]) -> logits [B, num_classes]`` (see the module docstring)."""
 
@@ -139,6 +131,7 @@ class SAConvTransformer(nn.Module):
         self.img_size = tuple(cfg.img_size)
         self.grid = cfg.token_grid()
         self.share_layers = cfg.share_layers
+        self.pool = cfg.pool
         self.to_tokens = SpaceToDepth(cfg.downsample)
         self.embed = nn.Linear(cfg.in_chans * cfg.downsample**2, cfg.hidden_dim)
         num_tokens = self.grid[0] * self.grid[1]
@@ -157,8 +150,7 @@ class SAConvTransformer(nn.Module):
         self.head = nn.Linear(cfg.hidden_dim, cfg.num_classes)
         self.reset_parameters()
         if self.share_layers:
-            for layer in self.layers[1:]:
-                tie_parameters(self.layers[0], layer)
+            share_blocks(self.layers)
 
     def reset_parameters(self) -> None:
         """BERT's initialisation (std 0.02) of every Linear, Embedding and the position
@@ -190,4 +182,6 @@ class SAConvTransformer(nn.Module):
         return x
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(images).mean(dim=1))  # [B, num_classes]
+        tokens = self.forward_features(images)  # [B, N, C]
+        pooled = tokens.amax(dim=1) if self.pool == "max" else tokens.mean(dim=1)  # [B, C]
+        return self.head(pooled)  # [B, num_classes]
