@@ -27,6 +27,7 @@ BUILTIN_FAMILIES: tuple[str, ...] = (
     "attnkit.models.vit.family",
     "attnkit.models.cnn.family",
     "attnkit.models.sa_conv.family",
+    "attnkit.models.maxvit.family",
 )
 """Modules that register the shipped families when imported (one line per family)."""
 
