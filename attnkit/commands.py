@@ -18,6 +18,7 @@ BENCHMARKS = {
     "train_step": "attnkit.bench.train_step",
     "analysis": "attnkit.bench.analysis",
     "models": "attnkit.bench.models",
+    "maxvit": "attnkit.bench.maxvit",
 }
 
 

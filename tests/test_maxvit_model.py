@@ -166,11 +166,14 @@ def test_real_tokens_do_not_depend_on_the_padding(kind):
     assert torch.allclose(inside, outside, atol=1e-6)
 
 
-def test_any_input_size_runs():
-    model = MaxViT(maxvit_variant("synth")).eval()
+@pytest.mark.parametrize("parts", [([4, 4], [4, 4]), ([2, 4], [4, 2])])
+def test_any_input_size_and_window_shape_runs(parts):
+    window, grid = parts
+    model = MaxViT(maxvit_variant("synth", window=window, grid=grid)).eval()
     with torch.no_grad():
         for size in ((32, 32), (40, 56), (31, 45), (17, 96)):
-            assert model(torch.randn(2, 3, *size)).shape == (2, 10)
+            logits = model(torch.randn(2, 3, *size))
+            assert logits.shape == (2, 10) and torch.isfinite(logits).all()
 
 
 def test_loader_refuses_another_variant_and_names_it():
@@ -201,3 +204,15 @@ def test_tables_are_resized_for_another_window():
     ours = MaxViT(maxvit_variant("tiny", window=[12, 12], grid=[12, 12]))
     load_timm_maxvit(ours, ref.state_dict())
     assert ours.stages[0].blocks[0].attn_block.attn.relative_bias.table.shape == (2, 23, 23)
+
+
+@pytest.mark.parametrize("variant", sorted(PAPER_PARAMS))
+def test_imagenet_configs_build_the_paper_variants(repo_root, variant):
+    from attnkit.config import load_config
+    from attnkit.models import build_model
+
+    cfg = load_config(repo_root / f"configs/maxvit/imagenet_{variant}.yaml")
+    with torch.device("meta"):
+        model = build_model(cfg)
+    assert abs(sum(p.numel() for p in model.parameters()) - PAPER_PARAMS[variant]) < 0.005e6
+    assert cfg.model.drop_path_rate == maxvit_variant(variant).drop_path_rate
