@@ -1,4 +1,4 @@
-"""The convolutional backbone of DETR: a ResNet (torchvision) or any timm CNN, frozen batch norm.
+"""DETR's backbone: a ResNet (torchvision), any timm CNN or attnkit's MaxViT, frozen batch norm.
 
 The backbone turns padded images ``[B, 3, H, W]`` into the last feature map ``[B, C, h, w]`` and
 the padding mask at that resolution ``[B, h, w]`` (True on padding), as official DETR does.
@@ -9,8 +9,9 @@ then depend on the other images of its batch (slightly, at its border). ``mask_p
 zeroes the padded area of every convolution's and pooling's input, so each image's features are
 those it would have alone (exactly for ResNets, up to float rounding; timm models with global
 pooling inside their blocks, such as the squeeze-excitation of EfficientNet, stay slightly
-batch dependent). Unpadded images give the same features either way, so official weights load
-with ``mask_padding`` on or off.
+batch dependent, and so does MaxViT: :mod:`attnkit.models.detr.maxvit_backbone`). Unpadded
+images give the same features either way, so official weights load with ``mask_padding`` on or
+off.
 """
 
 from __future__ import annotations
@@ -69,8 +70,8 @@ class ResNetBody(nn.Module):
 def _resnet_body(name: str, dilation: bool, from_scratch: bool = False) -> tuple[nn.Module, int]:
     if name not in RESNET_CHANNELS:
         raise ValueError(
-            f"unknown backbone {name!r}; use one of {', '.join(RESNET_CHANNELS)}, tiny_cnn "
-            "or 'timm:<model name>' (e.g. 'timm:efficientnet_b0')"
+            f"unknown backbone {name!r}; use one of {', '.join(RESNET_CHANNELS)}, tiny_cnn, "
+            "'timm:<model name>' (e.g. 'timm:efficientnet_b0') or 'maxvit:<variant>'"
         )
     if dilation and RESNET_DEPTHS[name][1] == "basic":
         raise ValueError(f"dilation needs a bottleneck ResNet (resnet50/101), not {name}")
@@ -133,6 +134,8 @@ def load_backbone_weights(body: nn.Module, path: str | Path) -> None:
         state = state["body"]
     elif isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
+    elif isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # an `attnkit train` checkpoint (e.g. of a MaxViT classifier)
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     own = body.state_dict()
     state = {
@@ -175,13 +178,16 @@ class Backbone(nn.Module):
     Args:
         name: ``resnet18``, ``resnet34``, ``resnet50``, ``resnet101`` (torchvision),
             ``tiny_cnn`` (:mod:`attnkit.models.detr.tiny_cnn`, synthetic data) or
-            ``timm:<name>`` for any timm model that supports ``features_only``.
+            ``timm:<name>`` for any timm model that supports ``features_only``, or
+            ``maxvit:<variant>`` for attnkit's MaxViT (:mod:`attnkit.models.detr.maxvit_backbone`;
+            a variant of ``MAXVIT_VARIANTS``, e.g. ``maxvit:synth``).
         dilation: replace the stride of the last stage by dilation (DETR-DC5; output stride 16).
         train_backbone: train the backbone (official DETR: when ``lr_backbone > 0``); the stem
             and the first stage stay frozen either way, as in official DETR.
         pretrained: optional local path of a torchvision ResNet state dict or of a backbone
             pre-trained by ``attnkit pretrain-backbone`` (``{checkpoints}`` is expanded).
-        stage: the timm stage whose map is returned (``-1`` the last, ``-2`` the one before).
+        stage: the timm or MaxViT stage whose map is returned (``-1`` the last, ``-2`` the one
+            before).
         mask_padding: zero the padded area before every convolution and pooling so that batch
             composition does not change an image's features (see the module docstring).
         from_scratch: trainable batch norm and every stage trained, for a backbone without
@@ -220,6 +226,12 @@ class Backbone(nn.Module):
             if pretrained is not None:
                 load_backbone_weights(self.body, pretrained)
             trained = _timm_trained_prefixes(self.body, stride4)
+        elif name.startswith("maxvit:"):
+            from attnkit.models.detr.maxvit_backbone import maxvit_body
+
+            self.body, self.num_channels, trained = maxvit_body(name, dilation, from_scratch, stage)
+            if pretrained is not None:
+                load_backbone_weights(self.body, pretrained)
         else:
             if stage != -1:
                 raise ValueError(
@@ -238,6 +250,8 @@ class Backbone(nn.Module):
             for module in self.body.modules():
                 if isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
                     module.register_forward_pre_hook(self._zero_padding)
+            if hasattr(self.body, "mask_padding_with"):  # MaxViT: attention and pooling too
+                self.body.mask_padding_with(self._valid_mask_in_forward)
 
     def _zero_padding(self, module: nn.Module, args: tuple) -> tuple | None:
         """Forward pre-hook: zero the padded area of a layer's input ``[B, C, h, w]``."""
@@ -246,6 +260,10 @@ class Backbone(nn.Module):
         x = args[0]
         keep = self._valid_mask(x.shape[-2], x.shape[-1], x.device)  # [B, h, w]
         return (x * keep[:, None].to(x.dtype), *args[1:])
+
+    def _valid_mask_in_forward(self, h: int, w: int, device: torch.device) -> torch.Tensor | None:
+        """:meth:`_valid_mask` during a forward with padding masks, else None."""
+        return None if self._padding is None else self._valid_mask(h, w, device)
 
     def _valid_mask(self, h: int, w: int, device: torch.device) -> torch.Tensor:
         """True on the unpadded part ``[B, h, w]`` of a map of size ``(h, w)``."""
