@@ -120,3 +120,24 @@ def test_config_errors_name_the_key(repo_root, tmp_path):
         load_config(path, ["model.depths=[1,1]"])
     with pytest.raises(ConfigError, match="head_dim"):
         load_config(path, ["model.head_dim=24"])
+
+
+def test_attention_distance_uses_the_real_token_size_on_padded_maps(repo_root):
+    """The last stage's 2x2 map is padded to the 4x4 grid: each real token covers 16x16 pixels
+    of a 32x32 image, not 8x8."""
+    from attnkit.analysis.analyze import _distance
+
+    model = build_model(load_config(repo_root / "configs/maxvit/synth_softmax.yaml")).eval()
+    site = "stages.2.blocks.0.attn_block.attn"
+    with torch.no_grad(), AttentionRecorder(model, include=[site]) as rec:
+        model(_batch(1)[0])
+    record = rec.last(site)
+    assert record.meta["layout"].real_grid == (2, 2) and record.meta["layout"].grid == (4, 4)
+    w = record.weights[0, :, :, :]  # [H, 16, 16], one window: the whole padded map
+    pos = torch.tensor([(r, c) for r in range(4) for c in range(4)], dtype=torch.float64) * 16
+    dist = torch.cdist(pos, pos)  # [16, 16] pixels
+    expected = (w.double() * dist).sum(-1)  # [H, Q]: rows sum to 1 on real queries
+    got = _distance(record.weights, record, (32, 32))[0]
+    real = [0, 1, 4, 5]  # the 2x2 real tokens of the 4x4 grid
+    assert torch.allclose(got[:, real].double(), expected[:, real], atol=1e-4)
+    assert got[:, real].max() <= 16 * 2**0.5 + 1e-4  # never farther than the 2x2 map's diagonal

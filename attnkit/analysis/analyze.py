@@ -92,7 +92,7 @@ def _distance(weights: torch.Tensor, record: AttentionRecord, image_hw) -> torch
     layout = layout_of(record)
     if layout is None or q != k or k != layout.keys_per_row:
         return out
-    p, (gh, gw) = layout.prefix_tokens, layout.grid
+    p, (gh, gw) = layout.prefix_tokens, layout.real_grid  # padded tokens lie beyond the image
     cell = (1.0, 1.0) if image_hw is None else (image_hw[0] / gh, image_hw[1] / gw)
     dist = layout.distances(cell)  # [parts, K', K']
     dist = dist[torch.arange(n) % layout.num_parts]  # [N, K', K']: each row's window

@@ -38,6 +38,8 @@ class KeyLayout:
             ``dilated``; unused for ``grid``.
         shift: cyclic shift ``(sh, sw)`` of shifted windows (Swin's SW-MSA), else ``(0, 0)``.
         prefix_tokens: tokens before the grid tokens of every row (class token).
+        image_grid: ``(h, w)`` tokens the image itself covers when ``grid`` was padded up to a
+            multiple of ``part`` (the real tokens are the top-left ``h x w``); None: ``grid``.
     """
 
     kind: Literal["grid", "windows", "dilated"]
@@ -45,6 +47,12 @@ class KeyLayout:
     part: tuple[int, int] | None = None
     shift: tuple[int, int] = (0, 0)
     prefix_tokens: int = 0
+    image_grid: tuple[int, int] | None = None
+
+    @property
+    def real_grid(self) -> tuple[int, int]:
+        """The ``(h, w)`` tokens of the image (``grid`` minus any padding)."""
+        return self.grid if self.image_grid is None else self.image_grid
 
     def __post_init__(self) -> None:
         gh, gw = self.grid

@@ -135,18 +135,19 @@ class PartitionAttention(AttentionModule):
             need_weights=record,
         )
         if record:
-            self._emit(weights, key_pad, (Hp, Wp))
+            self._emit(weights, key_pad, (Hp, Wp), (h, w))
         out = out.transpose(1, 2).reshape(N, P, C)  # [N, P, C]
         out = self.proj_drop(self.proj(out))
         out = unpartition(out, self.part, self.kind, (Hp, Wp))  # [B, Hp, Wp, C]
         return out[:, :h, :w] if (pad_h or pad_w) else out
 
-    def _emit(self, weights: torch.Tensor, key_pad: torch.Tensor | None, grid) -> None:
+    def _emit(self, weights: torch.Tensor, key_pad: torch.Tensor | None, grid, real) -> None:
         """Hand the weights ``[N, H, P, P]`` to the recorder; rows of padded queries are zeroed
         (their maps are empty, so metrics skip them) and padded keys are marked."""
         if key_pad is not None:
             weights = weights.masked_fill(key_pad[:, None, :, None], 0.0)
-        layout = KeyLayout("windows" if self.kind == "block" else "dilated", grid, part=self.part)
+        kind = "windows" if self.kind == "block" else "dilated"
+        layout = KeyLayout(kind, grid, part=self.part, image_grid=None if real == grid else real)
         self.emit(weights, key_grid=self.part, key_padding_mask=key_pad, layout=layout)
 
     def extra_repr(self) -> str:
