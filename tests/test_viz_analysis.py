@@ -142,6 +142,18 @@ def test_layer_labels_and_model_colours():
     assert labels.layer_label("transformer.decoder.layers.0.self_attn") == "layer 1 self"
     assert labels.layer_label("transformer.encoder.layers.1.self_attn") == "enc layer 2"
     assert labels.layer_label("backbone.attn") == "backbone.attn"
+    maxvit = [
+        "stages.2.blocks.0.attn_grid.attn",
+        "stages.1.blocks.1.attn_block.attn",
+        "stages.1.blocks.0.attn_grid.attn",
+        "stages.1.blocks.0.attn_block.attn",
+    ]
+    assert [labels.layer_label(n) for n in labels.sort_layers(maxvit)] == [
+        "stage 2 block 1 block",
+        "stage 2 block 1 grid",
+        "stage 2 block 2 block",
+        "stage 3 block 1 grid",
+    ]
     names = [
         "transformer.decoder.layers.10.multihead_attn",
         "transformer.decoder.layers.2.multihead_attn",

@@ -6,7 +6,8 @@ thesis does), with ``enc``/``self`` marking encoder and decoder self-attention. 
 name their sites themselves: pass ``sites`` (``{module name: label}``, the ``meta.sites`` of an
 analysis ``summary.json``) and those labels win; without them a name with blocks gets a label
 that keeps them apart (``blocks.1.attn`` -> ``block 2``, ``layers.0.blocks.1.attn`` ->
-``layer 1 block 2``) instead of collapsing on the layer number. Models compared in
+``layer 1 block 2``, ``stages.1.blocks.0.attn_grid.attn`` -> ``stage 2 block 1 grid``) instead
+of collapsing on the layer number. Models compared in
 a figure are named after their normalizer, optionally with a suffix (``sparsemax (random init)``);
 :func:`model_color` gives every name that contains a normalizer that normalizer's colour.
 """
@@ -31,6 +32,7 @@ __all__ = [
     "normalizer_of",
     "normalizer_label",
     "sort_layers",
+    "stage_index",
 ]
 
 NORMALIZER_LABELS = {
@@ -43,6 +45,8 @@ NORMALIZER_LABELS = {
 RANDOM_SUFFIX = " (random init)"
 _LAYER_RE = re.compile(r"layers\.(\d+)")
 _BLOCK_RE = re.compile(r"blocks\.(\d+)")
+_STAGE_RE = re.compile(r"stages\.(\d+)")
+_PARTITION_RE = re.compile(r"attn_(block|grid)\b")
 _DIGITS = re.compile(r"(\d+)")
 
 Sites = Mapping[str, str] | None
@@ -60,6 +64,12 @@ def block_index(name: str) -> int:
     return int(found[-1]) if found else -1
 
 
+def stage_index(name: str) -> int:
+    """The 0-based stage number in a module name (``stages.1.blocks.0...`` -> 1); -1 if none."""
+    found = _STAGE_RE.findall(str(name))
+    return int(found[-1]) if found else -1
+
+
 def layer_label(name: str, sites: Sites = None) -> str:
     """``transformer.decoder.layers.2.multihead_attn`` -> ``layer 3``; ``sites[name]`` if given.
 
@@ -70,12 +80,17 @@ def layer_label(name: str, sites: Sites = None) -> str:
     """
     if sites and name in sites:
         return str(sites[name])
-    index, block = layer_index(name), block_index(name)
+    stage, index, block = stage_index(name), layer_index(name), block_index(name)
     if index < 0 and block < 0:
         return str(name)
-    parts = [f"layer {index + 1}"] if index >= 0 else []
+    parts = [f"stage {stage + 1}"] if stage >= 0 else []
+    if index >= 0:
+        parts.append(f"layer {index + 1}")
     if block >= 0:
         parts.append(f"block {block + 1}")
+    partition = _PARTITION_RE.search(str(name))  # MaxViT's block / grid attention
+    if partition:
+        parts.append(partition.group(1))
     label = " ".join(parts)
     if "encoder" in name:
         label = "enc " + label
@@ -102,6 +117,7 @@ def sort_layers(names: Iterable[str], sites: Sites = None) -> list[str]:
         key=lambda n: (
             order.get(n, len(order)),
             "decoder" in n,
+            stage_index(n),
             layer_index(n),
             block_index(n),
             "multihead" in n,

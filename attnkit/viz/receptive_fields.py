@@ -337,8 +337,9 @@ def _heat_row(axes, rgb, values, titles, query_pixel, gamma: float, zeros: bool)
         mappable = _heat(ax, rgb, values[i], norm)
         if titles:
             ax.set_title(titles[i], **_TITLE)
-        if zeros:  # the share of exact zeros: the support of a sparse normalizer
-            share = float((values[i] == 0).mean())
+        if zeros is not False:  # the share of exact zeros: the support of a sparse normalizer
+            inside = values[i] if zeros is True else values[i][zeros]  # the reachable pixels
+            share = float((inside == 0).mean())
             ax.text(0.03, 0.03, f"zeros {share:.0%}", transform=ax.transAxes, **corner)
         _cross(ax, None if query_pixel is None else (query_pixel[1], query_pixel[0]))
     return mappable
@@ -374,10 +375,15 @@ def plot_sparse_vs_softmax(
     query_pixel: tuple[float, float] | None = None,
     gamma: float = 0.5,
     width: float = 1.0,
+    support=None,
 ):
     """Rows: models (``{"softmax": maps, "sparsemax": maps}``, each ``[heads, H, W]`` on the
     image grid); columns: heads. One colour scale per row; exact zeros transparent, and each
-    panel's share of exact zeros written in its corner, so sparse normalizers' support shows."""
+    panel's share of exact zeros written in its corner, so sparse normalizers' support shows.
+
+    ``support`` (bool ``[H, W]``): the pixels the query can attend to (its window or grid
+    partition, e.g. :func:`block_attention_region` upsampled); the zero share counts those only,
+    so a softmax map inside a window reads 0%, not the share of the image outside it."""
     rgb = _rgb(image)
     rows = {name: _stack(maps) for name, maps in maps_by_model.items()}  # [heads, H, W] each
     ncols = max(len(v) for v in rows.values())
@@ -386,7 +392,8 @@ def plot_sparse_vs_softmax(
     fig, axes = image_grid(len(rows), ncols, rgb.shape[:2], width * TEXT_WIDTH_IN, margins)
     for r, (name, values) in enumerate(rows.items()):
         shown = titles if r == 0 else None
-        mappable = _heat_row(axes[r], rgb, values, shown, query_pixel, gamma, zeros=True)
+        zeros = True if support is None else np.asarray(support, dtype=bool)
+        mappable = _heat_row(axes[r], rgb, values, shown, query_pixel, gamma, zeros=zeros)
         axes[r, 0].set_ylabel(name, fontsize=TITLE_SIZE)
         _colorbar(fig, mappable, axes[r, : len(values)], label=None, nbins=2)
     return fig
