@@ -202,7 +202,10 @@ def plot_alpha_curves(
         _drop_lines(ax, lr_drops)
     for ax in axes[:, 0]:
         ax.set_ylabel(r"$\alpha$")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
+    # the panel with the most heads (MaxViT's stages have 2, 4, 8 ... heads)
+    handles, labels = max(
+        (ax.get_legend_handles_labels() for ax in axes.flat), key=lambda h: len(h[0])
+    )
     fig.legend(
         handles,
         labels,
