@@ -3,14 +3,10 @@ entries that resolve in every profile, and the smoke profile for ``--family maxv
 
 from __future__ import annotations
 
-import ast
-
-import nbformat
 import pytest
-from PIL import Image, ImageStat
+from notebook_checks import check_clean_notebooks, printed_text, run_smoke
 
-from attnkit.workbook import PROFILES, plan_runs, run_workbook
-from attnkit.workbook_spec import notebook_parameters
+from attnkit.workbook import PROFILES, plan_runs
 
 STEMS = ["01_train", "02_receptive_fields", "03_sparsity", "04_alphas"]
 TRAINED = ("sparsemax", "alpha_entmax")  # the smoke profile's models
@@ -44,21 +40,7 @@ TABLES = {  # run name -> tables (markdown) it must write into its run folder
 
 
 def test_notebooks_are_clean_and_declare_every_parameter_in_the_tagged_cell(repo_root):
-    folder = repo_root / "notebooks" / "maxvit"
-    paths = sorted(folder.glob("*.ipynb"))
-    assert [p.stem for p in paths] == STEMS
-    for path in paths:
-        nb = nbformat.read(path, as_version=4)
-        nbformat.validate(nb)
-        assert nb.cells[0].cell_type == "markdown", path.name  # says what the notebook shows
-        code = [c for c in nb.cells if c.cell_type == "code"]
-        assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), path
-        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-        assert len(tagged) == 1 and tagged[0] is code[0], path.name
-        assigned = [n for n in ast.parse(tagged[0].source).body if isinstance(n, ast.Assign)]
-        declared = notebook_parameters(path)  # papermill skips a line it cannot parse
-        assert len(declared) == len(assigned), (path.name, sorted(declared))
-        assert {"run_dir", "figures_dir"} <= set(declared), path.name
+    check_clean_notebooks(repo_root / "notebooks" / "maxvit", STEMS)
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -87,28 +69,10 @@ def test_workbook_entries_resolve_in_every_profile(repo_root, profile):
 
 
 def test_maxvit_smoke_profile_runs_and_writes_figures(repo_root, tmp_path):
-    results, summary = run_workbook(
-        repo_root / "notebooks" / "workbook.yaml",
-        profile="smoke",
-        families=["maxvit"],
-        out_dir=tmp_path / "wb",
-        progress=False,
-    )
-    failed = {r.run.name: r.error for r in results if r.status != "ok"}
-    assert not failed, failed
-    assert [r.run.name for r in results] == list(EXPECTED)
-    for r in results:
-        names = {png.stem for png in r.figures}
-        assert EXPECTED[r.run.name] <= names, (r.run.name, names)
-        assert all(png.with_suffix(".pdf").is_file() for png in r.figures)
-        for png in r.figures:  # not blank
-            with Image.open(png) as img:
-                assert max(ImageStat.Stat(img.convert("L")).stddev) > 5, png
-        assert TABLES.get(r.run.name, set()) <= {t.name for t in r.tables}, r.run.name
+    results, summary = run_smoke(repo_root, tmp_path / "wb", "maxvit", EXPECTED, TABLES)
     assert "maxvit-04_alphas" in summary.read_text()
     by_name = {r.run.name: r for r in results}
-    executed = nbformat.read(by_name["maxvit-03_sparsity"].output, as_version=4)  # 01's models
-    text = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    text = printed_text(by_name["maxvit-03_sparsity"].output)  # analysed 01's models
     assert "{'sparsemax': 4, 'alpha_entmax': 4} images per model" in text
     tables = {t.name: t.read_text() for r in results for t in r.tables}
     rows = tables["block_vs_grid.md"].splitlines()

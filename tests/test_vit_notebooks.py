@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import nbformat
-from PIL import Image, ImageStat
-
-from attnkit.workbook import run_workbook
+from notebook_checks import printed_text, run_smoke
 
 EXPECTED = {  # run name -> figures it must write
     "vit-00_dataset": {"00_samples", "00_class_counts"},
@@ -23,26 +20,9 @@ EXPECTED = {  # run name -> figures it must write
 
 
 def test_vit_smoke_profile_runs_and_writes_figures(repo_root, tmp_path):
-    results, summary = run_workbook(
-        repo_root / "notebooks" / "workbook.yaml",
-        profile="smoke",
-        families=["vit"],
-        out_dir=tmp_path / "wb",
-        progress=False,
-    )
-    failed = {r.run.name: r.error for r in results if r.status != "ok"}
-    assert not failed, failed
-    assert [r.run.name for r in results] == list(EXPECTED)
-    for r in results:
-        names = {png.stem for png in r.figures}
-        assert EXPECTED[r.run.name] <= names, (r.run.name, names)
-        assert all(png.with_suffix(".pdf").is_file() for png in r.figures)
-        for png in r.figures:  # not blank
-            with Image.open(png) as img:
-                assert max(ImageStat.Stat(img.convert("L")).stddev) > 5, png
+    results, summary = run_smoke(repo_root, tmp_path / "wb", "vit", EXPECTED)
     tables = {t.name for r in results for t in r.tables}
     assert {"final_metrics.md", "blocks.md"} <= tables
     assert "vit-02_attention" in summary.read_text()
-    executed = nbformat.read(results[-1].output, as_version=4)  # 02 analysed 01's model
-    text = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    text = printed_text(results[-1].output)  # 02 analysed 01's model
     assert "{'sparsemax': 4} images per model" in text
