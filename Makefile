@@ -66,7 +66,10 @@ DOCS_FIGURES := detr-00_dataset/00_samples detr-02_attention_maps/02_models_img1
 	vit-00_dataset/00_samples vit-02_attention/02_query_centre_sparsemax \
 	sa_conv-02_attention/02_average_attention_gaussian_isotropic \
 	sa_conv-03_gaussian_centres/03_trajectories sa_conv-04_conv_equivalence/04_error_vs_alpha \
-	sa_conv-05_benchmark/05_throughput sa_conv-06_runs/06_val_accuracy
+	sa_conv-05_benchmark/05_throughput sa_conv-06_runs/06_val_accuracy \
+	maxvit-02_receptive_fields/02_regions_stage1 \
+	maxvit-02_receptive_fields/02_compare_stage_1_block_1_block \
+	maxvit-03_sparsity/03_block_vs_grid maxvit-04_alphas/04_alpha_final
 docs-figures: $(STAMP)
 	$(VENV)/bin/attnkit workbook run --profile reference --out $(DOCS_RUN) --overwrite
 	@for f in $(DOCS_FIGURES); do \
