@@ -25,6 +25,7 @@ from attnkit.viz.labels import layer_label, sort_layers
 from attnkit.viz.style import figsize
 
 __all__ = [
+    "reference_alpha_lines",
     "ALPHA_PREFIX",
     "alpha_change_table",
     "alpha_history",
@@ -220,6 +221,24 @@ def plot_alpha_curves(
     return fig
 
 
+def reference_alpha_lines(ax, lo: float, hi: float) -> None:
+    """Dotted lines at the named alphas (softmax 1, 1.5-entmax, sparsemax 2) that lie within 0.1
+    of the plotted range ``[lo, hi]``, labelled at the right edge."""
+    for value, name in REFERENCE_ALPHAS.items():
+        if lo - 0.1 <= value <= hi + 0.1:
+            ax.axhline(value, color="0.6", linestyle=":", linewidth=0.8, zorder=0)
+            ax.annotate(
+                name,
+                (1.0, value),
+                xycoords=("axes fraction", "data"),
+                xytext=(2, 0),
+                textcoords="offset points",
+                fontsize=6,
+                va="center",
+                color="0.4",
+            )
+
+
 def plot_alpha_final(final: pd.DataFrame, width: float = 0.6):
     """The final alphas: x = layer, one dot per head (numbered), references at 1, 1.5, 2."""
     if final.empty:
@@ -243,19 +262,7 @@ def plot_alpha_final(final: pd.DataFrame, width: float = 0.6):
             )
         ax.hlines(mine["alpha"].mean(), x - 0.32, x + 0.32, color="black", linewidth=1.0, zorder=2)
     lo, hi = final["alpha"].min(), final["alpha"].max()
-    for value, name in REFERENCE_ALPHAS.items():
-        if lo - 0.1 <= value <= hi + 0.1:
-            ax.axhline(value, color="0.6", linestyle=":", linewidth=0.8, zorder=0)
-            ax.annotate(
-                name,
-                (1.0, value),
-                xycoords=("axes fraction", "data"),
-                xytext=(2, 0),
-                textcoords="offset points",
-                fontsize=6,
-                va="center",
-                color="0.4",
-            )
+    reference_alpha_lines(ax, lo, hi)
     ax.set_xticks(range(len(layers)), [layer_label(x) for x in layers])
     ax.set_xlim(-0.5, len(layers) - 0.5)
     ax.set_ylabel(r"final $\alpha$")

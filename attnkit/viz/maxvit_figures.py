@@ -25,7 +25,7 @@ from matplotlib.patches import Patch
 
 from attnkit.analysis.maxvit_sparsity import KINDS, stage_frame
 from attnkit.analysis.recorder import AttentionRecorder
-from attnkit.viz.alpha import REFERENCE_ALPHAS
+from attnkit.viz.alpha import reference_alpha_lines
 from attnkit.viz.axes import fit_legend
 from attnkit.viz.labels import model_colors, normalizer_label
 from attnkit.viz.receptive_fields import (
@@ -296,19 +296,7 @@ def plot_alpha_block_vs_grid(final: pd.DataFrame, width: float = 1.0):
         if x and blocks[x - 1][0] != stage:
             ax.axvline(x - 0.5, color="0.8", linewidth=0.6, zorder=0)
     lo, hi = float(final["alpha"].min()), float(final["alpha"].max())
-    for value, name in REFERENCE_ALPHAS.items():
-        if lo - 0.1 <= value <= hi + 0.1:
-            ax.axhline(value, color="0.6", linestyle=":", linewidth=0.8, zorder=0)
-            ax.annotate(
-                name,
-                (1.0, value),
-                xycoords=("axes fraction", "data"),
-                xytext=(2, 0),
-                textcoords="offset points",
-                fontsize=6,
-                va="center",
-                color="0.4",
-            )
+    reference_alpha_lines(ax, lo, hi)
     ax.set_xticks(range(len(blocks)), [f"stage {s}\nblock {b}" for s, b in blocks])
     ax.set_xlim(-0.5, len(blocks) - 0.5)
     ax.set_ylabel(r"final $\alpha$")
