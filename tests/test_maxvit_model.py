@@ -7,10 +7,10 @@ import pytest
 import timm
 import torch
 
+from attnkit.attention.partition import PartitionAttention
 from attnkit.attention.relative_bias import RelativePositionBias, resize_bias_table
 from attnkit.models.maxvit.config import maxvit_variant
 from attnkit.models.maxvit.model import MaxViT
-from attnkit.models.maxvit.partition import PartitionAttention
 from attnkit.models.maxvit.timm_weights import load_timm_maxvit, timm_to_attnkit
 
 PAPER_PARAMS = {"tiny": 30.92e6, "small": 68.93e6, "base": 119.47e6, "large": 211.79e6}

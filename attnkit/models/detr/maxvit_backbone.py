@@ -24,10 +24,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from attnkit.attention.partition import PartitionAttention
 from attnkit.models.maxvit.config import MAXVIT_VARIANTS, maxvit_variant
 from attnkit.models.maxvit.mbconv import SameAvgPool2x2
 from attnkit.models.maxvit.model import MaxViT
-from attnkit.models.maxvit.partition import PartitionAttention
 from attnkit.models.maxvit.timm_weights import is_timm_maxvit, timm_to_attnkit
 
 __all__ = ["MaxViTBody", "maxvit_body"]

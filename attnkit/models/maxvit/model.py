@@ -11,7 +11,7 @@ Module names mirror timm's (``stem``, ``stages.i.blocks.j.{conv,attn_block,attn_
 ``head``), so :mod:`attnkit.models.maxvit.timm_weights` maps timm state dicts by name (and flips
 the relative position tables, which timm indexes by key - query). Any input size runs: the
 convolutions use TF ``SAME`` padding and attention pads its map to the partition multiple and
-masks the padding (:mod:`attnkit.models.maxvit.partition`).
+masks the padding (:mod:`attnkit.attention.partition`).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import torch
 from timm.layers import DropPath, Mlp
 from torch import nn
 
+from attnkit.attention.partition import PartitionAttention
 from attnkit.models.maxvit.config import MaxViTConfig, PartitionNormalizerConfig
 from attnkit.models.maxvit.mbconv import MBConv, Stem
-from attnkit.models.maxvit.partition import PartitionAttention
 
 __all__ = ["MaxViT", "MaxViTBlock", "PartitionTransformer", "build_maxvit", "drop_path_rates"]
 

@@ -6,6 +6,10 @@ Both attend within partitions of ``P = ph x pw`` tokens of a channels-last map `
 - **grid** attention: a ``(gh, gw)`` grid of tokens taken at stride ``(h / gh, w / gw)``: the
   partition of offset ``(a, b)`` holds tokens ``(i h / gh + a, j w / gw + b)`` (dilated, global).
 
+Block attention may also run on windows **shifted** by ``(sh, sw)`` (Swin's SW-MSA): the map is
+rolled by ``-shift`` before the windows are cut and rolled back after, and a token attends only to
+the tokens of its window that were its neighbours before the roll (the regions of Swin's mask).
+
 These are the ``windows`` and ``dilated`` key layouts of :class:`attnkit.attention.KeyLayout`, so a
 recorded row can be put back on the image. A map whose size is not a multiple of the partition is
 padded at the bottom and right to the next multiple, and the padded tokens are masked out of
@@ -27,7 +31,7 @@ from attnkit.attention.layout import KeyLayout
 from attnkit.attention.normalizers import get_normalizer
 from attnkit.attention.relative_bias import RelativePositionBias
 
-__all__ = ["PartitionAttention", "partition", "unpartition"]
+__all__ = ["PartitionAttention", "partition", "shift_region_mask", "unpartition"]
 
 Kind = Literal["block", "grid"]
 
@@ -53,6 +57,23 @@ def unpartition(x: torch.Tensor, part: tuple[int, int], kind: Kind, hw: tuple[in
     return x.reshape(-1, h, w, C)  # [B, h, w, C]
 
 
+def shift_region_mask(
+    hw: tuple[int, int], window: tuple[int, int], shift: tuple[int, int], device=None
+) -> torch.Tensor:
+    """Boolean ``[windows, P, P]`` (True = masked) of shifted windows on a ``(Hp, Wp)`` map rolled
+    by ``-shift``: query and key must come from the same region of the unrolled map (the map's
+    last ``shift`` rows and columns wrapped to the other side are other regions)."""
+    (H, W), (ph, pw), (sh, sw) = hw, window, shift
+    labels = torch.zeros(H, W, dtype=torch.long, device=device)
+    rows = (slice(0, H - ph), slice(H - ph, H - sh), slice(H - sh, H)) if sh else (slice(0, H),)
+    cols = (slice(0, W - pw), slice(W - pw, W - sw), slice(W - sw, W)) if sw else (slice(0, W),)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            labels[r, c] = i * len(cols) + j
+    parts = partition(labels[None, :, :, None], window, "block")[..., 0]  # [windows, P]
+    return parts[:, :, None] != parts[:, None, :]  # [windows, P, P]
+
+
 class PartitionAttention(AttentionModule):
     """Multi-head self-attention within block or grid partitions, with a relative position bias.
 
@@ -68,6 +89,8 @@ class PartitionAttention(AttentionModule):
         normalizer: a normalizer name or module (``get_normalizer``); ``normalizer_kw`` its
             options (``alpha_init``, ``lam``).
         attn_drop, proj_drop: dropout of the weights and after ``proj``.
+        shift: ``(sh, sw)`` cyclic shift of block attention's windows (Swin: half the window in
+            every other block); ``(0, 0)``: plain windows.
     """
 
     def __init__(
@@ -80,10 +103,18 @@ class PartitionAttention(AttentionModule):
         normalizer_kw: dict | None = None,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
+        shift: tuple[int, int] = (0, 0),
     ) -> None:
         super().__init__()
         if kind not in ("block", "grid"):
             raise ValueError(f"partition attention kind must be 'block' or 'grid', got {kind!r}")
+        self.shift = (int(shift[0]), int(shift[1]))
+        if any(self.shift) and (
+            kind != "block" or not all(0 <= s < p for s, p in zip(self.shift, part))
+        ):
+            raise ValueError(
+                f"shift {self.shift} needs block attention and 0 <= shift < window {tuple(part)}"
+            )
         if dim % head_dim:
             raise ValueError(f"dim {dim} is not a multiple of head_dim {head_dim}")
         self.dim, self.head_dim, self.kind = dim, head_dim, kind
@@ -114,11 +145,21 @@ class PartitionAttention(AttentionModule):
             keep[:, :h, :w] = True if padding_mask is None else ~padding_mask
             padding_mask = ~keep
         Hp, Wp = h + pad_h, w + pad_w
+        sh, sw = self.shift
+        if sh or sw:  # Swin's SW-MSA: windows of the map rolled by -shift
+            x = torch.roll(x, (-sh, -sw), dims=(1, 2))
+            if padding_mask is not None:
+                padding_mask = torch.roll(padding_mask, (-sh, -sw), dims=(1, 2))
         tokens = partition(x, self.part, self.kind)  # [N, P, C]
         N, P, _ = tokens.shape
         key_pad = None
         if padding_mask is not None:
             key_pad = partition(padding_mask[..., None], self.part, self.kind)[..., 0]  # [N, P]
+        mask = None if key_pad is None else key_pad[:, None, None, :]  # [N, 1, 1, P]
+        if sh or sw:
+            regions = shift_region_mask((Hp, Wp), self.part, self.shift, x.device)  # [nW, P, P]
+            regions = regions.repeat(B, 1, 1)[:, None]  # [N, 1, P, P]
+            mask = regions if mask is None else mask | regions
         qkv = self.qkv(tokens).reshape(N, P, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [N, H, P, D]
         record = self.observed()
@@ -127,7 +168,7 @@ class PartitionAttention(AttentionModule):
             k,
             v,
             self.normalizer,
-            mask=None if key_pad is None else key_pad[:, None, None, :],  # [N, 1, 1, P]
+            mask=mask,
             bias=self.relative_bias()[None],  # [1, H, P, P]
             key_grid=self.part,
             dropout_p=self.attn_drop,
@@ -139,6 +180,8 @@ class PartitionAttention(AttentionModule):
         out = out.transpose(1, 2).reshape(N, P, C)  # [N, P, C]
         out = self.proj_drop(self.proj(out))
         out = unpartition(out, self.part, self.kind, (Hp, Wp))  # [B, Hp, Wp, C]
+        if sh or sw:
+            out = torch.roll(out, (sh, sw), dims=(1, 2))
         return out[:, :h, :w] if (pad_h or pad_w) else out
 
     def _emit(self, weights: torch.Tensor, key_pad: torch.Tensor | None, grid, real) -> None:
@@ -147,12 +190,14 @@ class PartitionAttention(AttentionModule):
         if key_pad is not None:
             weights = weights.masked_fill(key_pad[:, None, :, None], 0.0)
         kind = "windows" if self.kind == "block" else "dilated"
-        layout = KeyLayout(kind, grid, part=self.part, image_grid=None if real == grid else real)
+        image_grid = None if real == grid else real
+        layout = KeyLayout(kind, grid, part=self.part, shift=self.shift, image_grid=image_grid)
         self.emit(weights, key_grid=self.part, key_padding_mask=key_pad, layout=layout)
 
     def extra_repr(self) -> str:
         name = getattr(self.normalizer, "name", type(self.normalizer).__name__)
         return (
             f"{self.kind}, dim={self.dim}, heads={self.num_heads}, part={self.part}, "
+            f"shift={self.shift}, "
             f"normalizer={name}"
         )

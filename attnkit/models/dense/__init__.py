@@ -1,0 +1,1 @@
+"""Efficient attention for dense prediction: encoders x decoders x attention mechanisms."""

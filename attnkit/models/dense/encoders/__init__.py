@@ -1,0 +1,1 @@
+"""Hierarchical encoders of the dense family; each returns one map per stage."""
