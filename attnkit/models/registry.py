@@ -28,6 +28,7 @@ BUILTIN_FAMILIES: tuple[str, ...] = (
     "attnkit.models.cnn.family",
     "attnkit.models.sa_conv.family",
     "attnkit.models.maxvit.family",
+    "attnkit.models.dense.family",
 )
 """Modules that register the shipped families when imported (one line per family)."""
 

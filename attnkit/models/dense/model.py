@@ -1,0 +1,63 @@
+"""The dense family's model: an encoder's stage maps, a decoder, the prediction at input size."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnkit.models.dense.config import DenseConfig
+from attnkit.models.dense.decoders.segformer import SegFormerHead
+from attnkit.models.dense.encoders.mit import mit_encoder
+from attnkit.models.dense.encoders.swin import swin_encoder
+
+__all__ = ["DenseModel", "build_dense", "build_encoder"]
+
+
+def _normalizer_kw(cfg: DenseConfig) -> dict:
+    att = cfg.attention
+    if att.normalizer == "alpha_entmax":
+        return {"alpha_init": att.alpha_init}
+    return {"lam": att.tvmax_lambda} if att.normalizer == "tvmax" else {}
+
+
+def build_encoder(cfg: DenseConfig) -> nn.Module:
+    """The encoder of ``cfg.encoder`` with ``cfg.attention``'s normalizer everywhere."""
+    enc = cfg.encoder
+    common = {
+        "in_chans": cfg.in_chans,
+        "drop_path_rate": enc.drop_path_rate,
+        "normalizer": cfg.attention.normalizer,
+        "normalizer_kw": _normalizer_kw(cfg),
+    }
+    shape = {"depths": enc.depths}
+    if enc.name == "swin":
+        shape |= {"embed_dim": enc.embed_dim, "num_heads": enc.num_heads}
+        shape = {k: v for k, v in shape.items() if v is not None}
+        return swin_encoder(
+            enc.variant, img_size=cfg.img_size, window=enc.window, **common, **shape
+        )
+    shape |= {"embed_dims": enc.embed_dims}
+    shape = {k: v for k, v in shape.items() if v is not None}
+    return mit_encoder(enc.variant, **common, **shape)
+
+
+class DenseModel(nn.Module):
+    """``model(images [B, C, H, W]) -> [B, out_channels, H, W]``."""
+
+    def __init__(self, cfg: DenseConfig) -> None:
+        super().__init__()
+        self.encoder = build_encoder(cfg)
+        dec = cfg.decoder
+        self.decoder = SegFormerHead(
+            self.encoder.channels, dec.embed_dim, cfg.out_channels, dec.dropout
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        maps = self.encoder.forward_features(images)  # strides 4, 8, 16, 32
+        pred = self.decoder(maps)  # [B, out, H/4, W/4]
+        return F.interpolate(pred, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def build_dense(cfg: DenseConfig) -> DenseModel:
+    return DenseModel(cfg)
