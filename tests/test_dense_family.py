@@ -12,7 +12,7 @@ from attnkit.analysis import AttentionRecorder
 from attnkit.config import load_config
 from attnkit.models import build_model
 
-CONFIGS = ["synth_swin_segformer", "synth_mit_segformer"]
+CONFIGS = ["synth_swin_segformer", "synth_mit_segformer", "synth_swin_unet"]
 SMALL = ["data.num_train=32", "data.num_val=16", "data.batch_size=8", "data.num_workers=0"]
 
 
@@ -27,7 +27,8 @@ def test_model_predicts_a_map_of_the_input_size_at_any_size(repo_root, config, n
         pred = model(torch.randn(2, 3, 50, 70))
     assert pred.shape == (2, 1, 50, 70) and torch.isfinite(pred).all()
     sites = {rec.last(n).site for n in rec.names}
-    assert sites == {"stage 1 block 1", "stage 1 block 2", "stage 2 block 1", "stage 2 block 2"}
+    encoder = {"stage 1 block 1", "stage 1 block 2", "stage 2 block 1", "stage 2 block 2"}
+    assert sites == (encoder | {"up 1 block 1", "up 1 block 2"} if "unet" in config else encoder)
     modules = dict(model.named_modules())
     assert all(modules[n].normalizer.name == normalizer for n in rec.names)
 
@@ -71,3 +72,20 @@ def test_segformer_head_by_hand():
         fused = (fused * bn.weight[:, None, None] + bn.bias[:, None, None]).relu()
         expected = F.conv2d(fused, head.predict.weight, head.predict.bias)
         assert torch.allclose(head([c1, c2]), expected, atol=1e-5)
+
+
+def test_swin_unet_has_the_released_size_and_expands_patches_in_p1_p2_c_order(repo_root):
+    """Pitfall 13: Swin-Unet's patch expanding reads channels as (p1 p2 c), not PixelShuffle's
+    (c p1 p2); the released configuration has 27.17 M parameters."""
+    from attnkit.models.dense.decoders.swin_unet import spread_channels
+
+    cfg = load_config(repo_root / "configs/dense/swin_unet_224.yaml")
+    with torch.device("meta"):
+        model = build_model(cfg)
+    assert abs(sum(p.numel() for p in model.parameters()) - 27.17e6) < 0.005e6
+    x = torch.arange(2 * 2 * 3, dtype=torch.float32).reshape(1, 1, 1, 12)  # one token, c = 3
+    patch = spread_channels(x, 2)[0]  # [2, 2, 3]
+    assert patch[0, 1].tolist() == [3.0, 4.0, 5.0]  # p1 = 0, p2 = 1: channels 3..5
+    assert patch[1, 0].tolist() == [6.0, 7.0, 8.0]
+    shuffled = torch.nn.functional.pixel_shuffle(x.permute(0, 3, 1, 2), 2)[0]  # [3, 2, 2]
+    assert not torch.equal(shuffled.permute(1, 2, 0), patch)

@@ -24,7 +24,7 @@ def test_tiny_stage_maps_equal_timm():
     assert load_timm_swin(enc, ref.state_dict()) == []
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        theirs = ref.forward_intermediates(x, intermediates_only=True)
+        theirs = ref.forward_intermediates(x, norm=True, intermediates_only=True)
         mine = enc.forward_features(x)
     assert [m.shape[1:] for m in mine] == [(96, 56, 56), (192, 28, 28), (384, 14, 14), (768, 7, 7)]
     for a, b in zip(theirs, mine):

@@ -9,10 +9,22 @@ height maps on a CPU.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
-from attnkit.config.constraints import DropoutRate, ImageSize, NonNegativeFloat, PositiveInt
+from attnkit.config.constraints import (
+    DropoutRate,
+    ImageSize,
+    NonNegativeFloat,
+    PositiveInt,
+    rule,
+)
 from attnkit.config.types import AlphaInit, NormalizerName
+
+ENCODER_VARIANTS = {
+    "swin": ("tiny", "small", "base"),
+    "mit": ("b0", "b1", "b2", "b3", "b4", "b5"),
+}
+"""The named variants of each encoder (``SWIN_VARIANTS``, ``MIT_VARIANTS``)."""
 
 __all__ = ["DenseAttentionConfig", "DenseConfig", "DenseDecoderConfig", "DenseEncoderConfig"]
 
@@ -32,14 +44,26 @@ class DenseEncoderConfig:
     window: PositiveInt = 7
     drop_path_rate: DropoutRate = 0.1
 
+    CHECKS: ClassVar = (
+        rule(
+            ("name", "variant"),
+            lambda m: m.variant in ENCODER_VARIANTS[m.name],
+            "'{p}variant' must be a variant of the encoder: swin: tiny, small, base; "
+            "mit: b0 ... b5",
+        ),
+    )
+
 
 @dataclass
 class DenseDecoderConfig:
-    """``segformer``: the all-MLP head, ``embed_dim`` wide (256 in SegFormer-b0)."""
+    """``segformer``: the all-MLP head, ``embed_dim`` wide (256 in SegFormer-b0), ``dropout``
+    before its prediction. ``swin_unet``: Swin blocks with patch expanding and skips, as deep and
+    with as many heads per level as the encoder's stages, in windows of ``window``."""
 
-    name: Literal["segformer"] = "segformer"
+    name: Literal["segformer", "swin_unet"] = "segformer"
     embed_dim: PositiveInt = 256
     dropout: DropoutRate = 0.1
+    window: PositiveInt = 7
 
 
 @dataclass

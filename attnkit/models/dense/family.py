@@ -9,15 +9,19 @@ from attnkit.models.dense.model import build_dense
 from attnkit.models.registry import Family, register_family
 
 _SITE = re.compile(r"^encoder\.(?:layers|stages)\.(\d+)\.blocks\.(\d+)\.attn$")
+_UP = re.compile(r"^decoder\.levels\.(\d+)\.(\d+)\.attn$")
 
 
 def site_label(name: str) -> str | None:
     """``encoder.layers.1.blocks.0.attn`` (Swin) or ``encoder.stages.1.blocks.0.attn`` (MiT)
-    -> ``stage 2 block 1``."""
+    -> ``stage 2 block 1``; Swin-Unet's ``decoder.levels.0.1.attn`` -> ``up 1 block 2``."""
     found = _SITE.match(name)
-    if found is None:
-        return None
-    return f"stage {int(found.group(1)) + 1} block {int(found.group(2)) + 1}"
+    if found is not None:
+        return f"stage {int(found.group(1)) + 1} block {int(found.group(2)) + 1}"
+    found = _UP.match(name)
+    if found is not None:
+        return f"up {int(found.group(1)) + 1} block {int(found.group(2)) + 1}"
+    return None
 
 
 FAMILY = register_family(

@@ -8,10 +8,11 @@ from torch import nn
 
 from attnkit.models.dense.config import DenseConfig
 from attnkit.models.dense.decoders.segformer import SegFormerHead
+from attnkit.models.dense.decoders.swin_unet import SwinUnetDecoder
 from attnkit.models.dense.encoders.mit import mit_encoder
 from attnkit.models.dense.encoders.swin import swin_encoder
 
-__all__ = ["DenseModel", "build_dense", "build_encoder"]
+__all__ = ["DenseModel", "build_decoder", "build_dense", "build_encoder"]
 
 
 def _normalizer_kw(cfg: DenseConfig) -> dict:
@@ -42,21 +43,39 @@ def build_encoder(cfg: DenseConfig) -> nn.Module:
     return mit_encoder(enc.variant, **common, **shape)
 
 
+def build_decoder(cfg: DenseConfig, encoder: nn.Module) -> nn.Module:
+    """The decoder of ``cfg.decoder`` for ``encoder``'s stage widths (depths and heads)."""
+    dec = cfg.decoder
+    if dec.name == "segformer":
+        return SegFormerHead(encoder.channels, dec.embed_dim, cfg.out_channels, dec.dropout)
+    plan = [-(-int(s) // 4) for s in cfg.img_size]
+    return SwinUnetDecoder(
+        encoder.channels,
+        encoder.depths,
+        encoder.num_heads,
+        cfg.out_channels,
+        dec.window,
+        plan,
+        normalizer=cfg.attention.normalizer,
+        normalizer_kw=_normalizer_kw(cfg),
+    )
+
+
 class DenseModel(nn.Module):
     """``model(images [B, C, H, W]) -> [B, out_channels, H, W]``."""
 
     def __init__(self, cfg: DenseConfig) -> None:
         super().__init__()
         self.encoder = build_encoder(cfg)
-        dec = cfg.decoder
-        self.decoder = SegFormerHead(
-            self.encoder.channels, dec.embed_dim, cfg.out_channels, dec.dropout
-        )
+        self.decoder = build_decoder(cfg, self.encoder)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        H, W = images.shape[-2:]
         maps = self.encoder.forward_features(images)  # strides 4, 8, 16, 32
-        pred = self.decoder(maps)  # [B, out, H/4, W/4]
-        return F.interpolate(pred, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        pred = self.decoder(maps)  # [B, out, H / s, W / s] for the decoder's output stride s
+        if self.decoder.output_stride == 1:
+            return pred[..., :H, :W]  # the patch embedding padded to a multiple of 4
+        return F.interpolate(pred, size=(H, W), mode="bilinear", align_corners=False)
 
 
 def build_dense(cfg: DenseConfig) -> DenseModel:

@@ -20,6 +20,8 @@ __all__ = ["SegFormerHead"]
 class SegFormerHead(nn.Module):
     """``[maps [B, C_i, h_i, w_i]]`` -> ``[B, out_channels, h_0, w_0]``."""
 
+    output_stride = 4  # predicts at the first stage's resolution (upsampled to the input)
+
     def __init__(
         self, in_channels: Sequence[int], embed_dim: int = 256, out_channels: int = 1, dropout=0.1
     ) -> None:

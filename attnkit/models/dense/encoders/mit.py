@@ -136,6 +136,7 @@ class MiTEncoder(nn.Module):
             start += depth
         self.stages = nn.ModuleList(stages)
         self.channels = list(embed_dims)
+        self.depths, self.num_heads = list(depths), list(num_heads)[: len(depths)]
 
     def forward_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         x = self.patch_embed(images)  # [B, H/4, W/4, C0]

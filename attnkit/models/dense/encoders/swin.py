@@ -4,7 +4,8 @@ Patch embedding (4x4 conv + LayerNorm), then stages of blocks that alternate win
 (W-MSA) and shifted-window attention (SW-MSA, windows shifted by half a window, Swin's region
 mask), each with a per-head relative position bias, pre-norm, an MLP and stochastic depth; a patch
 merging layer (2x2 neighbours concatenated, LayerNorm, linear 4C -> 2C) starts every stage but the
-first. :meth:`SwinEncoder.forward_features` returns each stage's map ``[B, C_i, H/4/2^i, W/4/2^i]``.
+first. :meth:`SwinEncoder.forward_features` returns each stage's map ``[B, C_i, H/4/2^i, W/4/2^i]``
+(the last one after the final LayerNorm).
 
 Any input size runs: the patch embedding pads to a multiple of the patch, patch merging pads odd
 maps, and window attention pads to the window multiple and masks the padding out
@@ -154,13 +155,17 @@ class SwinEncoder(nn.Module):
             self.channels.append(dim)
         self.layers = nn.Sequential(*stages)
         self.norm = nn.LayerNorm(self.channels[-1])
+        self.depths, self.num_heads = list(depths), list(num_heads)[: len(depths)]
 
     def forward_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Every stage's output ``[B, C_i, h_i, w_i]``, the last one layer-normed (timm's
+        ``forward_intermediates(norm=True)``; Swin-Unet's bottleneck)."""
         x = self.patch_embed(images)  # [B, H/4, W/4, C]
         maps = []
-        for stage in self.layers:
+        for i, stage in enumerate(self.layers):
             x = stage(x)  # [B, h_i, w_i, C_i]
-            maps.append(x.permute(0, 3, 1, 2))  # [B, C_i, h_i, w_i]
+            out = self.norm(x) if i == len(self.layers) - 1 else x
+            maps.append(out.permute(0, 3, 1, 2))  # [B, C_i, h_i, w_i]
         return maps
 
 
