@@ -35,7 +35,8 @@ FAMILY = register_family(
             "swin": "Swin-T/S/B encoder (timm-identical), (shifted) windows, any normalizer",
             "mit": "MiT-b0..b5 encoder (SegFormer; timm PVTv2-identical), spatial reduction",
             "segformer": "the all-MLP decoder head",
+            "swin_unet": "Swin-Unet's decoder: patch expanding, skips, mirrored Swin blocks",
         },
-        description="dense prediction: encoder x decoder x attention (Swin, MiT; SegFormer head)",
+        description="dense prediction: encoder x decoder x attention (Swin, MiT; SegFormer, Swin-Unet)",
     )
 )
