@@ -19,6 +19,7 @@ BENCHMARKS = {
     "analysis": "attnkit.bench.analysis",
     "models": "attnkit.bench.models",
     "maxvit": "attnkit.bench.maxvit",
+    "attention": "attnkit.bench.attention",
 }
 
 

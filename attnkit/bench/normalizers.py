@@ -18,54 +18,18 @@ import argparse
 import os
 import statistics
 import time
-import weakref
 from collections.abc import Callable
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from attnkit.attention.alpha_entmax import alpha_entmax
 from attnkit.attention.entmax15 import entmax15
 from attnkit.attention.sparsemax import sparsemax
+from attnkit.bench.memory import PeakBytes
 
 REGIMES = {"init": 0.15, "trained": 1.0}
 # One alpha per head for alpha-entmax (broadcast over dim 1), spread over the useful range.
 HEAD_ALPHAS = (1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.9)
-
-
-class _PeakBytes(TorchDispatchMode):
-    """Peak bytes of the CPU tensor storages created by dispatched ops while active.
-
-    Storages are followed to their release (weakref on the storage object, which torch keeps
-    alive exactly as long as the storage), so tensors kept for the backward pass count until
-    they are freed. Scratch memory inside a kernel is not seen: this is a proxy.
-    """
-
-    def __init__(self, preexisting: list[torch.Tensor]) -> None:
-        super().__init__()
-        self.live = 0
-        self.peak = 0
-        self._known = {id(t.untyped_storage()) for t in preexisting}
-
-    def _release(self, key: int, nbytes: int) -> None:
-        self.live -= nbytes
-        self._known.discard(key)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_leaves(out):
-            if not isinstance(t, torch.Tensor) or t.device.type != "cpu":
-                continue
-            storage = t.untyped_storage()
-            key = id(storage)
-            if key in self._known:
-                continue
-            self._known.add(key)
-            self.live += storage.nbytes()
-            self.peak = max(self.peak, self.live)
-            weakref.finalize(storage, self._release, key, storage.nbytes())
-        return out
 
 
 def _package_fns(alphas: torch.Tensor) -> dict[str, Callable]:
@@ -106,7 +70,7 @@ def _peak_mib(fn: Callable, scores: torch.Tensor, grad: torch.Tensor) -> float:
         _fwd_bwd(fn, scores, grad)
         torch.cuda.synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    with _PeakBytes([scores, grad]) as tracker:
+    with PeakBytes([scores, grad]) as tracker:
         _fwd_bwd(fn, scores, grad)
     return tracker.peak / 2**20
 
