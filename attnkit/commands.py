@@ -20,6 +20,7 @@ BENCHMARKS = {
     "models": "attnkit.bench.models",
     "maxvit": "attnkit.bench.maxvit",
     "attention": "attnkit.bench.attention",
+    "encoders": "attnkit.bench.encoders",
 }
 
 
