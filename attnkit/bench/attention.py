@@ -28,10 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from attnkit.attention.efficient import EfficientAttention
-from attnkit.attention.partition import PartitionAttention
-from attnkit.attention.self_attention import SelfAttention
-from attnkit.attention.spatial_reduction import SpatialReductionAttention
+from attnkit.attention.mixers import map_attention
 from attnkit.bench.memory import PeakBytes
 from attnkit.bench.models import count_flops, machine_info, machine_line, pick_device
 
@@ -44,41 +41,6 @@ COMPLEXITY = {
     "efficient": "2 N C^2 / heads",
 }
 """Multiply-adds of forming and applying each mechanism's attention (projections excluded)."""
-
-
-class _Layer(nn.Module):
-    """A mechanism on a channels-last map ``[B, s, s, C]`` -> ``[B, s, s, C]``."""
-
-    def __init__(self, kind: str, dim: int, heads: int, normalizer: str, window: int, sr: int):
-        super().__init__()
-        self.kind = kind
-        if kind == "full":
-            self.attn = SelfAttention(dim, heads, normalizer=normalizer)
-        elif kind in ("window", "shifted_window", "grid"):
-            shift = (window // 2,) * 2 if kind == "shifted_window" else (0, 0)
-            part = "grid" if kind == "grid" else "block"
-            self.attn = PartitionAttention(
-                dim, dim // heads, part, (window, window), normalizer, shift=shift
-            )
-        elif kind == "spatial_reduction":
-            self.attn = SpatialReductionAttention(dim, heads, sr, normalizer)
-        elif kind == "efficient":
-            self.attn = EfficientAttention(dim, heads)
-        else:
-            raise ValueError(f"unknown mechanism {kind!r}; known: {', '.join(COMPLEXITY)}")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, h, w, C = x.shape
-        if isinstance(self.attn, PartitionAttention):
-            return self.attn(x)
-        tokens = x.reshape(B, h * w, C)
-        if self.kind == "full":
-            out = self.attn(tokens, key_grid=(h, w))[0]
-        elif self.kind == "spatial_reduction":
-            out = self.attn(tokens, (h, w))
-        else:
-            out = self.attn(tokens)
-        return out.reshape(B, h, w, C)
 
 
 def _sync(device: torch.device) -> None:
@@ -141,13 +103,15 @@ def profile(
     out = {}
     for kind in mechanisms:
         torch.manual_seed(0)
-        layer = _Layer(
+        normalizer = "softmax" if kind == "efficient" else settings["normalizer"]
+        window = (settings["window"],) * 2
+        layer = map_attention(
             kind,
             settings["dim"],
             settings["heads"],
-            settings["normalizer"],
-            settings["window"],
-            settings["sr"],
+            normalizer,
+            window=window,
+            sr_ratio=settings["sr"],
         ).to(device)
         out[kind] = []
         for side in sides:

@@ -26,7 +26,13 @@ ENCODER_VARIANTS = {
 }
 """The named variants of each encoder (``SWIN_VARIANTS``, ``MIT_VARIANTS``)."""
 
-__all__ = ["DenseAttentionConfig", "DenseConfig", "DenseDecoderConfig", "DenseEncoderConfig"]
+__all__ = [
+    "DenseAttentionConfig",
+    "DenseBlockConfig",
+    "DenseConfig",
+    "DenseDecoderConfig",
+    "DenseEncoderConfig",
+]
 
 
 @dataclass
@@ -68,9 +74,34 @@ class DenseDecoderConfig:
 
 @dataclass
 class DenseAttentionConfig:
+    """``mechanism`` of every encoder block: ``native`` (Swin's (shifted) windows, MiT's spatial
+    reduction), ``full``, ``window`` (never shifted), ``shifted_window`` (always),  ``grid``,
+    ``spatial_reduction`` or ``efficient`` (linear; forms no attention matrix, so softmax only).
+    ``normalizer`` of every attention matrix (decoder blocks too)."""
+
+    mechanism: Literal[
+        "native", "full", "window", "shifted_window", "grid", "spatial_reduction", "efficient"
+    ] = "native"
     normalizer: NormalizerName = "softmax"
     alpha_init: AlphaInit = 1.5
     tvmax_lambda: NonNegativeFloat = 0.05
+
+    CHECKS: ClassVar = (
+        rule(
+            ("mechanism", "normalizer"),
+            lambda m: m.mechanism != "efficient" or m.normalizer == "softmax",
+            "'{p}normalizer' must be softmax with '{p}mechanism: efficient': efficient "
+            "attention forms no attention matrix for a normalizer to act on",
+        ),
+    )
+
+
+@dataclass
+class DenseBlockConfig:
+    """``ffn`` of every encoder block: ``native`` (Swin: MLP, MiT: Mix-FFN), ``mlp`` or
+    ``mix_ffn`` (a depthwise 3x3 conv between the linear layers)."""
+
+    ffn: Literal["native", "mlp", "mix_ffn"] = "native"
 
 
 @dataclass
@@ -88,3 +119,4 @@ class DenseConfig:
     encoder: DenseEncoderConfig = field(default_factory=DenseEncoderConfig)
     decoder: DenseDecoderConfig = field(default_factory=DenseDecoderConfig)
     attention: DenseAttentionConfig = field(default_factory=DenseAttentionConfig)
+    block: DenseBlockConfig = field(default_factory=DenseBlockConfig)

@@ -8,7 +8,7 @@ from attnkit.models.dense.config import DenseConfig
 from attnkit.models.dense.model import build_dense
 from attnkit.models.registry import Family, register_family
 
-_SITE = re.compile(r"^encoder\.(?:layers|stages)\.(\d+)\.blocks\.(\d+)\.attn$")
+_SITE = re.compile(r"^encoder\.(?:layers|stages)\.(\d+)\.blocks\.(\d+)\.attn(?:\.attn)?$")
 _UP = re.compile(r"^decoder\.levels\.(\d+)\.(\d+)\.attn$")
 
 

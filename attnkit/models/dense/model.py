@@ -30,6 +30,8 @@ def build_encoder(cfg: DenseConfig) -> nn.Module:
         "drop_path_rate": enc.drop_path_rate,
         "normalizer": cfg.attention.normalizer,
         "normalizer_kw": _normalizer_kw(cfg),
+        "mechanism": cfg.attention.mechanism,
+        "ffn": cfg.block.ffn,
     }
     shape = {"depths": enc.depths}
     if enc.name == "swin":

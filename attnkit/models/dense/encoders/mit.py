@@ -16,10 +16,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from timm.layers import DropPath
+from timm.layers import DropPath, Mlp
 from torch import nn
 
+from attnkit.attention.mixers import map_attention
 from attnkit.attention.spatial_reduction import SpatialReductionAttention
+from attnkit.models.dense.encoders.mix_ffn import MixFFN
 from attnkit.models.vit.timm_weights import read_state_dict
 
 __all__ = ["MIT_VARIANTS", "MiTEncoder", "load_timm_mit", "mit_encoder"]
@@ -49,36 +51,37 @@ class OverlapPatchEmbed(nn.Module):
         return self.norm(self.proj(x).permute(0, 2, 3, 1))  # [B, h, w, C]
 
 
-class MixFFN(nn.Module):
-    """Linear, depthwise 3x3 conv over the token grid, GELU, linear: ``[B, N, C] -> [B, N, C]``."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        x = self.fc1(x)  # [B, N, hidden]
-        B, N, C = x.shape
-        x = self.dwconv(x.transpose(1, 2).reshape(B, C, *hw)).flatten(2).transpose(1, 2)
-        return self.fc2(self.act(x))  # [B, N, C]
-
-
 class MiTBlock(nn.Module):
-    def __init__(self, dim, heads, sr, mlp_ratio, drop_path, normalizer, kw) -> None:
+    """Pre-norm spatial-reduction attention and Mix-FFN on tokens ``[B, N, C]`` of an ``(h, w)``
+    grid, or another ``mechanism`` and ``ffn`` (``mlp``: a plain MLP)."""
+
+    def __init__(
+        self, dim, heads, sr, mlp_ratio, drop_path, normalizer, kw, mechanism="native", ffn="native"
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)  # SegFormer's (and timm's) block norms
-        self.attn = SpatialReductionAttention(dim, heads, sr, normalizer, kw)
+        self.on_map = mechanism not in ("native", "spatial_reduction")
+        if self.on_map:
+            self.attn = map_attention(mechanism, dim, heads, normalizer, kw, sr_ratio=sr)
+        else:
+            self.attn = SpatialReductionAttention(dim, heads, sr, normalizer, kw)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = MixFFN(dim, int(dim * mlp_ratio))
+        self.mix = ffn in ("native", "mix_ffn")
+        hidden = int(dim * mlp_ratio)
+        self.mlp = MixFFN(dim, hidden) if self.mix else Mlp(dim, hidden)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        x = x + self.drop_path1(self.attn(self.norm1(x), hw))  # [B, N, C]
-        return x + self.drop_path2(self.mlp(self.norm2(x), hw))
+        B, N, C = x.shape
+        y = self.norm1(x)
+        if self.on_map:
+            y = self.attn(y.reshape(B, *hw, C)).reshape(B, N, C)
+        else:
+            y = self.attn(y, hw)
+        x = x + self.drop_path1(y)  # [B, N, C]
+        y = self.norm2(x)
+        return x + self.drop_path2(self.mlp(y, hw) if self.mix else self.mlp(y))
 
 
 class MiTStage(nn.Module):
@@ -100,7 +103,11 @@ class MiTStage(nn.Module):
 
 
 class MiTEncoder(nn.Module):
-    """MiT stages; ``forward_features(images) -> [stage maps [B, C_i, h_i, w_i]]``."""
+    """MiT stages; ``forward_features(images) -> [stage maps [B, C_i, h_i, w_i]]``.
+
+    ``mechanism``: ``native`` (spatial reduction) or another of
+    :data:`attnkit.attention.mixers.MECHANISMS`; ``ffn``: ``native`` / ``mix_ffn`` or ``mlp``.
+    """
 
     def __init__(
         self,
@@ -113,6 +120,8 @@ class MiTEncoder(nn.Module):
         drop_path_rate: float = 0.1,
         normalizer: str = "softmax",
         normalizer_kw: dict | None = None,
+        mechanism: str = "native",
+        ffn: str = "native",
     ) -> None:
         super().__init__()
         self.patch_embed = OverlapPatchEmbed(in_chans, embed_dims[0], 7, 4)
@@ -129,6 +138,8 @@ class MiTEncoder(nn.Module):
                     rates[start + j],
                     normalizer,
                     normalizer_kw,
+                    mechanism,
+                    ffn,
                 )
                 for j in range(depth)
             ]

@@ -27,7 +27,9 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 from torch import nn
 
+from attnkit.attention.mixers import map_attention
 from attnkit.attention.partition import PartitionAttention
+from attnkit.models.dense.encoders.mix_ffn import MixFFN
 from attnkit.models.vit.timm_weights import read_state_dict
 
 __all__ = ["SWIN_VARIANTS", "SwinEncoder", "load_timm_swin", "swin_encoder"]
@@ -73,22 +75,48 @@ class PatchMerging(nn.Module):
 
 
 class SwinBlock(nn.Module):
-    """Pre-norm (shifted) window attention and MLP on ``[B, h, w, C]``."""
+    """Pre-norm attention and FFN on ``[B, h, w, C]``: Swin's (shifted) window attention and MLP,
+    or another ``mechanism`` (:func:`attnkit.attention.mixers.map_attention`) and ``ffn``
+    (``mix_ffn``: MiT's Mix-FFN, a depthwise 3x3 conv between the linear layers)."""
 
-    def __init__(self, dim, heads, window, shift, mlp_ratio, drop_path, normalizer, kw) -> None:
+    def __init__(
+        self,
+        dim,
+        heads,
+        window,
+        shift,
+        mlp_ratio,
+        drop_path,
+        normalizer,
+        kw,
+        mechanism: str = "window",
+        ffn: str = "mlp",
+        sr_ratio: int = 1,
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = PartitionAttention(
-            dim, dim // heads, "block", window, normalizer, kw, shift=shift
-        )
+        if mechanism == "window":
+            self.attn = PartitionAttention(
+                dim, dim // heads, "block", window, normalizer, kw, shift=shift
+            )
+        else:
+            self.attn = map_attention(mechanism, dim, heads, normalizer, kw, window, None, sr_ratio)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        hidden = int(dim * mlp_ratio)
+        self.mix = ffn == "mix_ffn"
+        self.mlp = MixFFN(dim, hidden) if self.mix else Mlp(dim, hidden)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path1(self.attn(self.norm1(x)))  # [B, h, w, C]
-        return x + self.drop_path2(self.mlp(self.norm2(x)))
+        y = self.norm2(x)
+        if self.mix:
+            B, h, w, C = y.shape
+            y = self.mlp(y.reshape(B, h * w, C), (h, w)).reshape(B, h, w, C)
+        else:
+            y = self.mlp(y)
+        return x + self.drop_path2(y)
 
 
 class SwinStage(nn.Module):
@@ -110,6 +138,9 @@ class SwinEncoder(nn.Module):
         embed_dim, depths, num_heads: the variant (:data:`SWIN_VARIANTS`).
         window: the window side (7); ``patch``: the patch side (4).
         normalizer, normalizer_kw: of every window attention (``get_normalizer``).
+        mechanism: ``native`` (Swin's windows, every other block shifted) or a mechanism of
+            :data:`attnkit.attention.mixers.MECHANISMS` in every block; ``ffn``: ``native`` /
+            ``mlp`` (Swin's) or ``mix_ffn`` (MiT's).
     """
 
     def __init__(
@@ -125,9 +156,12 @@ class SwinEncoder(nn.Module):
         drop_path_rate: float = 0.2,
         normalizer: str = "softmax",
         normalizer_kw: dict | None = None,
+        mechanism: str = "native",
+        ffn: str = "native",
     ) -> None:
         super().__init__()
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch)
+        ffn = "mlp" if ffn == "native" else ffn
         n = sum(depths)
         rates = [drop_path_rate * i / max(n - 1, 1) for i in range(n)]  # linear, as timm
         res = [-(-int(s) // patch) for s in img_size]
@@ -148,6 +182,9 @@ class SwinEncoder(nn.Module):
                     rates[sum(depths[:i]) + j],
                     normalizer,
                     normalizer_kw,
+                    "window" if mechanism == "native" else mechanism,
+                    ffn,
+                    sr_ratio=2 ** (len(depths) - 1 - i),  # MiT's 8, 4, 2, 1 over four stages
                 )
                 for j in range(depth)
             ]
