@@ -81,3 +81,12 @@ def test_any_size_and_sparse_attention_trains():
     maps[-1].square().mean().backward()
     grads = [p.grad for n, p in enc.named_parameters() if n.endswith("attn.q.weight")]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_loader_refuses_another_variant_naming_the_key():
+    with torch.device("meta"):
+        b0, b1 = mit_encoder("b0"), mit_encoder("b1")
+    with pytest.raises(
+        ValueError, match=r"timm PVTv2 weights do not fit this encoder at patch_embed"
+    ):
+        load_timm_mit(b0, b1.state_dict())

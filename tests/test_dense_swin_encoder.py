@@ -74,3 +74,19 @@ def test_any_size_and_a_sparse_normalizer():
     assert [tuple(m.shape) for m in maps] == [(2, 24, 13, 19), (2, 48, 7, 10)]
     maps[-1].sum().backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_loader_refuses_another_variant_naming_the_key():
+    with torch.device("meta"):
+        tiny = swin_encoder("tiny")
+        base = swin_encoder("base")
+    timm_like = {
+        k.replace("relative_bias.table", "relative_position_bias_table"): (
+            v.flatten(1).t() if k.endswith("relative_bias.table") else v
+        )
+        for k, v in base.state_dict().items()
+    }
+    with pytest.raises(
+        ValueError, match=r"timm Swin weights do not fit this encoder at patch_embed"
+    ):
+        load_timm_swin(tiny, timm_like)

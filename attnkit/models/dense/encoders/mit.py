@@ -21,6 +21,7 @@ from torch import nn
 
 from attnkit.attention.mixers import map_attention
 from attnkit.attention.spatial_reduction import SpatialReductionAttention
+from attnkit.models.dense.encoders.loading import load_checked
 from attnkit.models.dense.encoders.mix_ffn import MixFFN
 from attnkit.models.vit.timm_weights import read_state_dict
 
@@ -171,14 +172,4 @@ def load_timm_mit(encoder: MiTEncoder, source) -> list[str]:
     the names are the same, the classifier head is ignored. Returns the encoder keys left at their
     initial values; a shape mismatch is a ``ValueError`` naming the key."""
     state = {k: v for k, v in read_state_dict(source).items() if not k.startswith("head.")}
-    own = encoder.state_dict()
-    for key, value in state.items():
-        if key in own and own[key].shape != value.shape:
-            raise ValueError(
-                f"timm PVTv2 weights do not fit this MiT at {key}: {tuple(value.shape)} in the "
-                f"weights, {tuple(own[key].shape)} in the encoder (another variant or MLP ratio?)"
-            )
-    result = encoder.load_state_dict(state, strict=False)
-    if result.unexpected_keys:
-        raise ValueError(f"timm keys with no place in the MiT: {result.unexpected_keys[:5]}")
-    return list(result.missing_keys)
+    return load_checked(encoder, state, "timm PVTv2")

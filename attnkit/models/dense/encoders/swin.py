@@ -29,6 +29,7 @@ from torch import nn
 
 from attnkit.attention.mixers import map_attention
 from attnkit.attention.partition import PartitionAttention
+from attnkit.models.dense.encoders.loading import load_checked
 from attnkit.models.dense.encoders.mix_ffn import MixFFN
 from attnkit.models.vit.timm_weights import read_state_dict
 
@@ -228,15 +229,5 @@ def load_timm_swin(encoder: SwinEncoder, source) -> list[str]:
             heads = value.shape[1]
             side = own[key].shape[-2:] if key in own else None
             value = value.t().reshape(heads, *(side or (-1,)))  # [H, 2W-1, 2W-1]
-        if key in own and own[key].shape != value.shape:
-            raise ValueError(
-                f"timm Swin weights do not fit this encoder at {key}: {tuple(value.shape)} in the "
-                f"weights, {tuple(own[key].shape)} in the encoder (another variant or window?)"
-            )
         mapped[key] = value
-    result = encoder.load_state_dict(mapped, strict=False)
-    if result.unexpected_keys:
-        raise ValueError(
-            f"timm Swin keys with no place in the encoder: {result.unexpected_keys[:5]}"
-        )
-    return list(result.missing_keys)
+    return load_checked(encoder, mapped, "timm Swin")
