@@ -40,9 +40,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from attnkit.config import load_config
 from attnkit.errors import ConfigError, EnvError
 from attnkit.models import build_model
-from attnkit.models.registry import family_of
 from attnkit.outputs import make_folder
-from attnkit.tasks import task_of
+from attnkit.tasks import task_name, task_of
 
 NATIVE_SIZE = (32, 32)  # the embedded synthetic set and CIFAR-10
 THROUGHPUT_WARMUP = 3  # untimed calls before a throughput measurement (1 with --quick)
@@ -157,7 +156,7 @@ def load_model_config(path: Path, overrides: list[str], img_size: list[int] | No
     cfg = load_config(path, overrides)
     if img_size and hasattr(cfg.model, "img_size"):
         cfg = load_config(path, [*overrides, f"model.img_size=[{img_size[0]},{img_size[1]}]"])
-    task = family_of(cfg).task
+    task = task_name(cfg)
     if task != "classification":
         raise ConfigError(
             f"{path}: model.name={cfg.model.name} is a {task} model; `attnkit bench models` "

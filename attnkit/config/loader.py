@@ -2,10 +2,11 @@
 
 A config file is YAML. It may inherit from other files with ``_base_: relative/path.yaml`` (or a
 list of paths, merged in order); the file's own keys win, nested mappings merge, lists are
-replaced. Dotted overrides (``model.attention.cross=sparsemax``) come last. The merged tree is
-then checked against the dataclass schema of ``attnkit.config.schema``: an unknown key or a
-value of the wrong type raises :class:`ConfigError` naming the key, the file (or override) that
-set it, and the closest valid key.
+replaced, and a mapping holding ``_delete_: true`` replaces the inherited one whole. Dotted
+overrides (``model.attention.cross=sparsemax``) come last. The merged tree is then checked
+against the dataclass schema of ``attnkit.config.schema``: an unknown key or a value of the
+wrong type raises :class:`ConfigError` naming the key, the file (or override) that set it, and
+the closest valid key.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from attnkit.config.schema import DEFAULT_FAMILY, FAMILY_SECTIONS, ExperimentCon
 from attnkit.errors import ConfigError
 
 BASE_KEY = "_base_"
+DELETE_KEY = "_delete_"
 CONFIG_FILENAME = "config.yaml"
 
 
@@ -54,10 +56,18 @@ def _read_yaml(path: Path) -> dict:
 
 
 def _merge(dst: dict, src: Mapping, origin: dict[str, str], source: str, prefix: str = "") -> None:
-    """Deep-merge ``src`` into ``dst``, recording in ``origin`` which source set each key."""
+    """Deep-merge ``src`` into ``dst``, recording in ``origin`` which source set each key.
+
+    A mapping in ``src`` holding ``_delete_: true`` replaces the one in ``dst`` instead of
+    merging into it (a config whose task has another ``loss`` schema than its base's).
+    """
     for key, value in src.items():
         dotted = f"{prefix}{key}"
         origin[dotted] = source
+        if isinstance(value, Mapping) and isinstance(value.get(DELETE_KEY), bool):
+            if value[DELETE_KEY]:  # (any other value is left for the schema to call unknown)
+                dst.pop(key, None)  # what the bases set is dropped, not merged into
+            value = {k: v for k, v in value.items() if k != DELETE_KEY}
         if isinstance(value, Mapping) and isinstance(dst.get(key), dict):
             _merge(dst[key], value, origin, source, dotted + ".")
         elif isinstance(value, Mapping):
@@ -260,7 +270,8 @@ def _convert(value: Any, hint: Any, key: str, origin: dict[str, str]) -> Any:
 
 
 def _family_schemas(data: Mapping, origin: dict[str, str]) -> dict[str, type]:
-    """The schemas of the family-tagged root sections, from ``model.name`` (default DETR)."""
+    """The schemas of the family-tagged root sections, from ``model.name`` (default DETR) and
+    the root key ``task`` (default: the family's own task)."""
     from attnkit.models.registry import FAMILIES
     from attnkit.tasks import get_task
 
@@ -273,11 +284,24 @@ def _family_schemas(data: Mapping, origin: dict[str, str]) -> dict[str, type]:
             + (f"; did you mean {c[0]!r}?" if (c := _close(name, FAMILIES)) else "")
         )
     family = FAMILIES[name]
-    task = get_task(family.task)
+    task_name = data.get("task")
+    if task_name is None:
+        task_name = family.task
+    elif task_name not in family.all_tasks:
+        allowed = family.all_tasks
+        raise ConfigError(
+            f"{_source('task', origin)}: 'task' must be {_describe(typing.Literal[allowed])} "
+            f"(the tasks of model.name={family.name!r}) or null for {family.task!r}, "
+            f"got {task_name!r}"
+            + (f"; did you mean {c[0]!r}?" if (c := _close(task_name, allowed)) else "")
+        )
+    task = get_task(task_name)
+    # A family's own loss schema belongs to its default task; another task brings its own.
+    family_loss = family.loss_schema if task_name == family.task else None
     return {
         "model": family.schema,
         "data": task.data_schema,
-        "loss": family.loss_schema or task.loss_schema,
+        "loss": family_loss or task.loss_schema,
     }
 
 

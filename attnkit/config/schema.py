@@ -7,8 +7,10 @@ type and default, so a misspelt key or a wrong type is caught when the file is r
 The ``model``, ``data`` and ``loss`` sections are *tagged by the family*: ``model.name`` picks a
 family from ``attnkit.models.registry.FAMILIES``, whose ``schema`` types ``model``, whose task
 types ``data`` (:class:`DetectionDataConfig`, :class:`ClassificationDataConfig`, ...) and whose
-loss schema types ``loss``. With no ``model.name`` the family is DETR, and every default is the
-DETR reference recipe from DESIGN.md (``configs/detr/base.yaml`` states it again).
+loss schema types ``loss``. The task is the family's default one unless the root key ``task``
+names another the family offers (``task: dense_segmentation`` for the ``dense`` family). With
+no ``model.name`` the family is DETR, and every default is the DETR reference recipe from
+DESIGN.md (``configs/detr/base.yaml`` states it again).
 """
 
 from __future__ import annotations
@@ -98,6 +100,17 @@ class DenseDataConfig:
     seed: int = 0
     image_size: ImageSize = field(default_factory=lambda: [64, 64])
     nodata: float | None = None  # target value meaning "unknown" (also NaN) in folder rasters
+    # Folder images: "imagenet" reads 8-bit grey / RGB as RGB with the ImageNet mean / std;
+    # "auto" keeps every band (any dtype) and normalises each with the train split's mean / std,
+    # computed once into root/band_stats.json. Synthetic data keeps its own constants.
+    band_stats: Literal["imagenet", "auto"] = "imagenet"
+    # Training: a random [H, W] window of every raster per sample (smaller ones padded with
+    # invalid pixels); null: whole rasters.
+    crop_size: ImageSize | None = None
+    # Evaluation: predict [H, W] tiles overlapping by ``eval_overlap`` of a tile and blend them;
+    # null: the whole image at once.
+    eval_window: ImageSize | None = None
+    eval_overlap: Annotated[float, between(0, 0.9)] = 0.25
     batch_size: PositiveInt = 16
     num_workers: NonNegativeInt = 2
 
@@ -186,6 +199,10 @@ class ExperimentConfig:
 
     name: str = "experiment"
     seed: int = 42
+    # The task to train the family's model for: null is the family's default task (``Family.task``:
+    # ``dense_regression`` for ``dense``); any other must be one the family offers
+    # (``Family.tasks``, e.g. ``dense_segmentation``). It types ``data`` and ``loss``.
+    task: str | None = None
     # The family-tagged sections (see the module docstring); DETR's defaults.
     data: Any = field(default_factory=DetectionDataConfig)
     model: Any = field(default_factory=_detr_model)

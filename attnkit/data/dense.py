@@ -3,18 +3,26 @@
 Two sources, picked by ``data.name``:
 
 - ``synthetic`` (the default): the embedded aerial height maps of
-  :mod:`attnkit.data.heightmaps`, ``data.image_size`` pixels, made once and cached;
-- ``folder``: ``root/{split}/images/<stem>.png|jpg|tif`` with ``root/{split}/targets/<stem>.npy``
-  (float ``[H, W]``) or ``<stem>.tif`` (a one-band raster, e.g. PIL mode "F"). Target pixels
-  equal to ``data.nodata``, NaN or infinite are nodata. Images are used at their own size
-  (``image_size`` only sizes the synthetic set); every image must match its target's size.
+  :mod:`attnkit.data.heightmaps`, ``data.image_size`` pixels, made once and cached, normalised
+  with their own constants;
+- ``folder``: ``root/{split}/images/<stem>.png|jpg|tif|npy`` with
+  ``root/{split}/targets/<stem>.npy|tif`` (a one-band raster). Files are read by
+  :mod:`attnkit.data.rasters` (GeoTIFFs through ``tifffile``, any band count and dtype). Target
+  pixels equal to ``data.nodata``, NaN or infinite are nodata, and so is a pixel with a
+  non-finite image value. Images are used at their own size (``image_size`` only sizes the
+  synthetic set); every image must match its target's size and every image of a split needs the
+  same band count. ``data.band_stats``: ``imagenet`` (the default) reads 8-bit grey / RGB / RGBA
+  images as RGB and normalises them with the ImageNet statistics; ``auto`` keeps every band and
+  normalises each with the train split's mean / std (:mod:`attnkit.data.band_stats`, computed
+  once and saved as ``root/band_stats.json``).
 
-Every dataset item is a :data:`DenseSample`: a normalised image ``[3, H, W]`` and
+Every dataset item is a :data:`DenseSample`: a normalised image ``[C, H, W]`` and
 ``{"target": [1, H, W] float32, "valid": [1, H, W] bool}``, with the target set to 0 wherever
-it is not valid, so a NaN never leaves the dataset. Training adds random horizontal and
-vertical flips, drawn from torch's global RNG (which the training loop seeds per sample, so an
-interrupted run resumes exactly) and applied alike to the image, target and mask.
-:func:`collate_dense` stacks samples into a :class:`DenseBatch`.
+it is not valid, so a NaN never leaves the dataset. Training adds, with ``data.crop_size``, a
+random ``[h, w]`` window of each raster (smaller rasters are padded with invalid pixels), then
+random horizontal and vertical flips; both are drawn from torch's global RNG (which the training
+loop seeds per sample, so an interrupted run resumes exactly) and applied alike to the image,
+target and mask. :func:`collate_dense` stacks samples into a :class:`DenseBatch`.
 """
 
 from __future__ import annotations
@@ -25,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+import torch.nn.functional as F
 
-from attnkit.data.classification import _load_rgb
+from attnkit.data.band_stats import band_stats_for
 from attnkit.data.coco import DatasetError
 from attnkit.data.heightmaps import (
     HEIGHTMAP_MEAN,
@@ -35,6 +43,18 @@ from attnkit.data.heightmaps import (
     ensure_heightmaps,
     load_heightmap_split,
 )
+from attnkit.data.rasters import (
+    RASTER_SUFFIXES,
+    as_rgb8,
+    check_rgb8,
+    raster_header,
+    read_raster,
+    read_target,
+    read_target_window,
+    read_window,
+)
+from attnkit.data.rasters import raster_hw as _raster_hw  # noqa: F401 (data.segmentation)
+from attnkit.data.rasters import without_band as _without_band  # noqa: F401
 from attnkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
@@ -49,9 +69,9 @@ __all__ = [
 ]
 
 DenseSample = tuple[torch.Tensor, dict[str, torch.Tensor]]
-"""One item: image ``[3, H, W]`` float and ``{"target": [1, H, W] float32, "valid": bool}``."""
+"""One item: image ``[C, H, W]`` float and ``{"target": [1, H, W] float32, "valid": bool}``."""
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")  # PIL-readable images
 TARGET_SUFFIXES = (".npy", ".tif", ".tiff")
 
 
@@ -67,6 +87,25 @@ def random_flips(*maps: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return maps
 
 
+def random_window(height: int, width: int, size: Sequence[int]) -> tuple[int, int]:
+    """The top-left corner of a random ``size`` window inside a ``height x width`` raster
+    (0 along a side shorter than the window), from torch's global RNG."""
+    top = int(torch.randint(max(height - size[0], 0) + 1, ()))
+    left = int(torch.randint(max(width - size[1], 0) + 1, ()))
+    return top, left
+
+
+def pad_sample(sample: DenseSample, size: Sequence[int]) -> DenseSample:
+    """Pad a sample at the bottom / right to at least ``size``: image 0 (the normalised mean),
+    target 0 and valid False, so the padding never counts."""
+    image, maps = sample
+    h, w = image.shape[-2:]
+    pad = (0, max(size[1] - w, 0), 0, max(size[0] - h, 0))
+    if not any(pad):
+        return sample
+    return F.pad(image, pad), {k: F.pad(v, pad) for k, v in maps.items()}
+
+
 def dense_sample(
     image: np.ndarray,
     target: np.ndarray,
@@ -74,19 +113,28 @@ def dense_sample(
     std: Sequence[float],
     train: bool = False,
     nodata: float | None = None,
+    scale: float = 255.0,
 ) -> DenseSample:
-    """An image uint8 ``[H, W, 3]`` and a target ``[H, W]`` -> a normalised :data:`DenseSample`.
+    """An image ``[H, W, C]`` (any dtype) and a target ``[H, W]`` -> a :data:`DenseSample`.
 
-    Target pixels that are NaN, infinite or equal to ``nodata`` become invalid (target 0);
-    ``train`` adds the random flips.
+    The image becomes ``(image / scale - mean) / std`` per band (``scale`` 255 with [0, 1]
+    statistics for 8-bit images, 1 with statistics in raster units). Target pixels that are NaN,
+    infinite or equal to ``nodata``, and pixels with a non-finite image value, become invalid
+    (target 0, image 0); ``train`` adds the random flips.
     """
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)  # [3, H, W] uint8
-    x = x.to(torch.float32).div_(255.0)
+    if image.dtype != np.uint8:  # uint16, float64, ...: through numpy, which converts them all
+        image = image.astype(np.float32)
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)  # [C, H, W]
+    x = x.to(torch.float32) / scale
     x = (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
     t = torch.from_numpy(np.asarray(target, dtype=np.float32)).unsqueeze(0)  # [1, H, W]
     valid = torch.isfinite(t)
     if nodata is not None:
         valid &= t != float(nodata)
+    finite = torch.isfinite(x).all(dim=0, keepdim=True)  # [1, H, W]
+    if not bool(finite.all()):
+        valid &= finite
+        x = torch.where(finite, x, torch.zeros((), dtype=x.dtype))
     t = torch.where(valid, t, torch.zeros((), dtype=t.dtype))  # no NaN leaves the dataset
     if train:
         x, t, valid = random_flips(x, t, valid)
@@ -100,8 +148,11 @@ class DenseArrayDataset(torch.utils.data.Dataset):
     """Images uint8 ``[N, H, W, 3]`` and targets float ``[N, H, W]`` (NaN = nodata) in memory.
 
     Arrays of the wrong shape are a ``ValueError`` (a caller's mistake); no images at all is a
-    DatasetError naming ``source``, the file the arrays came from.
+    DatasetError naming ``source``, the file the arrays came from. ``crop_size`` (training
+    only) takes a random window of every image.
     """
+
+    bands = 3
 
     def __init__(
         self,
@@ -111,6 +162,7 @@ class DenseArrayDataset(torch.utils.data.Dataset):
         std,
         train: bool = False,
         source: str | Path = "the in-memory images",
+        crop_size: Sequence[int] | None = None,
     ):
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise ValueError(
@@ -124,68 +176,31 @@ class DenseArrayDataset(torch.utils.data.Dataset):
             raise DatasetError(f"{source} holds no images: the split is empty (give it some)")
         self.images, self.targets = images, targets
         self.mean, self.std = tuple(mean), tuple(std)
-        self.train = train
+        self.train, self.crop_size = train, crop_size
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> DenseSample:
-        return dense_sample(
-            self.images[index], self.targets[index], self.mean, self.std, self.train
-        )
-
-
-def _without_band(shape: Sequence[int]) -> tuple[int, ...]:
-    """A raster shape without a singleton band axis: [1, H, W] and [H, W, 1] -> (H, W)."""
-    shape = tuple(shape)
-    if len(shape) == 3 and shape[0] == 1:
-        return shape[1:]
-    if len(shape) == 3 and shape[-1] == 1:
-        return shape[:-1]
-    return shape
-
-
-def read_target(path: str | Path) -> np.ndarray:
-    """A target raster as float32 ``[H, W]``: a ``.npy`` array or a one-band ``.tif``.
-
-    A singleton band axis (``[1, H, W]`` or ``[H, W, 1]``) is dropped; anything else that is not
-    a 2-D numeric raster, or a file that cannot be read, is a DatasetError naming the file.
-    """
-    path = Path(path)
-    try:
-        if path.suffix.lower() == ".npy":
-            array = np.load(path, allow_pickle=False)
-        else:
-            with Image.open(path) as raster:
-                array = np.array(raster if raster.mode == "F" else raster.convert("F"))
-    except (OSError, ValueError, UnidentifiedImageError) as exc:
-        raise DatasetError(f"cannot read target {path}: {exc}") from None
-    array = array.reshape(_without_band(array.shape))
-    if array.ndim != 2 or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
-        raise DatasetError(
-            f"target {path} must be a numeric [H, W] raster, got {array.dtype} {array.shape}"
-        )
-    return array.astype(np.float32, copy=False)
-
-
-def _raster_hw(path: Path, kind: str) -> tuple[int, int]:
-    """The (H, W) of an image or a target file, read from its header only."""
-    try:
-        if path.suffix.lower() == ".npy":
-            shape = _without_band(np.load(path, mmap_mode="r", allow_pickle=False).shape)
-            return (shape[0], shape[1]) if len(shape) == 2 else (-1, -1)
-        with Image.open(path) as raster:
-            return raster.height, raster.width
-    except (OSError, ValueError, UnidentifiedImageError) as exc:
-        raise DatasetError(f"cannot read {kind} {path}: {exc}") from None
+        image, target = self.images[index], self.targets[index]
+        crop = self.crop_size if self.train else None
+        if crop:
+            top, left = random_window(*image.shape[:2], crop)
+            image = image[top : top + crop[0], left : left + crop[1]]
+            target = target[top : top + crop[0], left : left + crop[1]]
+        sample = dense_sample(image, target, self.mean, self.std, self.train)
+        return pad_sample(sample, crop) if crop else sample
 
 
 class DenseFolderDataset(torch.utils.data.Dataset):
-    """``folder/images/<stem>.<png|jpg|tif>`` with ``folder/targets/<stem>.<npy|tif>``.
+    """``folder/images/<stem>.<png|jpg|tif|npy>`` with ``folder/targets/<stem>.<npy|tif>``.
 
-    Opening the dataset pairs every image with its target and checks their sizes from the file
-    headers, so a missing or mismatched target is reported before training starts. Images are
-    normalised with the ImageNet statistics.
+    Opening the dataset pairs every image with its target and checks their sizes and band
+    counts from the file headers, so a missing or mismatched file is reported before training
+    starts. ``rgb`` (``data.band_stats=imagenet``): images are read as 8-bit RGB and normalised
+    with ``mean`` / ``std`` in [0, 1] units (``scale`` 255); otherwise every band is kept and
+    ``mean`` / ``std`` are per band in raster units (``scale`` 1). ``bands`` is the channel count
+    of the items. ``crop_size`` (training only) reads a random window of each raster.
     """
 
     def __init__(
@@ -195,6 +210,10 @@ class DenseFolderDataset(torch.utils.data.Dataset):
         train: bool = False,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        *,
+        scale: float = 255.0,
+        rgb: bool = True,
+        crop_size: Sequence[int] | None = None,
     ):
         folder = Path(folder).expanduser()
         image_dir, target_dir = folder / "images", folder / "targets"
@@ -204,10 +223,12 @@ class DenseFolderDataset(torch.utils.data.Dataset):
                     f"dense data folder not found: {needed} (expected {folder}/images/<name>.png "
                     f"and {folder}/targets/<name>.npy)"
                 )
-        images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in RASTER_SUFFIXES)
         if not images:
-            raise DatasetError(f"no images (.png, .jpg, .tif) in {image_dir}")
+            raise DatasetError(f"no images (.png, .jpg, .tif, .npy) in {image_dir}")
         self.pairs: list[tuple[Path, Path]] = []
+        self.sizes: list[tuple[int, int]] = []  # (H, W) of every pair
+        first_bands = None
         for image in images:
             found = [target_dir / (image.stem + s) for s in TARGET_SUFFIXES]
             found = [p for p in found if p.is_file()]
@@ -216,30 +237,66 @@ class DenseFolderDataset(torch.utils.data.Dataset):
                     f"no target for image {image}: expected {target_dir / image.stem}.npy (or .tif)"
                 )
             target = found[0]
-            image_hw, target_hw = _raster_hw(image, "image"), _raster_hw(target, "target")
+            (*image_hw, bands), dtype = raster_header(image, "image")
+            (*target_hw, target_bands), _ = raster_header(target, "target")
+            if min(target_hw) < 0 or target_bands != 1:
+                raise DatasetError(f"target {target} must be a one-band [H, W] raster")
             if image_hw != target_hw:
                 raise DatasetError(
                     f"size mismatch: image {image} is {image_hw[0]}x{image_hw[1]} (HxW) but "
-                    f"target {target} is "
-                    + ("not [H, W]" if min(target_hw) < 0 else f"{target_hw[0]}x{target_hw[1]}")
+                    f"target {target} is {target_hw[0]}x{target_hw[1]}"
+                )
+            if min(image_hw) < 0:
+                raise DatasetError(f"image {image} is not a 2-D or 3-D raster")
+            if rgb:
+                check_rgb8(image, bands, dtype)
+            first_bands = bands if first_bands is None else first_bands
+            if bands != first_bands and not rgb:
+                raise DatasetError(
+                    f"image {image} has {bands} bands but {self.pairs[0][0]} has {first_bands}: "
+                    "every image of a split needs the same bands"
                 )
             self.pairs.append((image, target))
+            self.sizes.append((image_hw[0], image_hw[1]))
         self.folder, self.nodata, self.train = folder, nodata, train
-        self.mean, self.std = tuple(mean), tuple(std)
+        self.mean, self.std, self.scale = tuple(mean), tuple(std), scale
+        self.rgb, self.crop_size = rgb, crop_size
+        self.bands = 3 if rgb else first_bands
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, index: int) -> DenseSample:
+    def _read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The image ``[h, w, C]`` and target ``[h, w]`` of pair ``index`` (a random window
+        when training with a crop size)."""
         image_path, target_path = self.pairs[index]
-        image = np.array(_load_rgb(str(image_path)))  # [H, W, 3] uint8
-        target = read_target(target_path)  # [H, W] float32
+        crop = self.crop_size if self.train else None
+        if crop:
+            top, left = random_window(*self.sizes[index], crop)
+            window = (top, left, crop[0], crop[1])
+            image = read_window(image_path, *window, kind="image")
+            target = read_target_window(target_path, *window)
+        else:
+            image, target = read_raster(image_path, "image"), read_target(target_path)
         if image.shape[:2] != target.shape:  # the files changed since the dataset was opened
             raise DatasetError(
                 f"size mismatch: image {image_path} is {image.shape[:2]} but target "
                 f"{target_path} is {target.shape}"
             )
-        return dense_sample(image, target, self.mean, self.std, self.train, self.nodata)
+        return (as_rgb8(image, image_path) if self.rgb else image), target
+
+    def __getitem__(self, index: int) -> DenseSample:
+        image, target = self._read(index)
+        if image.shape[-1] != len(self.mean):
+            raise DatasetError(
+                f"image {self.pairs[index][0]} has {image.shape[-1]} bands but the band "
+                f"statistics have {len(self.mean)}"
+            )
+        sample = dense_sample(
+            image, target, self.mean, self.std, self.train, self.nodata, self.scale
+        )
+        crop = self.crop_size if self.train else None
+        return pad_sample(sample, crop) if crop else sample
 
 
 # --------------------------------------------------------------------------- batches
@@ -247,7 +304,7 @@ class DenseFolderDataset(torch.utils.data.Dataset):
 
 @dataclass
 class DenseBatch:
-    """Images ``[B, 3, H, W]`` float, targets ``[B, 1, H, W]`` float32, valid ``[B, 1, H, W]``."""
+    """Images ``[B, C, H, W]`` float, targets ``[B, 1, H, W]`` float32, valid ``[B, 1, H, W]``."""
 
     images: torch.Tensor
     target: torch.Tensor
@@ -288,7 +345,7 @@ def collate_dense(samples: list[DenseSample]) -> DenseBatch:
     width = max(s[0].shape[-1] for s in samples)
     first_image, first_target = samples[0]
     n = len(samples)
-    images = first_image.new_zeros(n, first_image.shape[0], height, width)  # [B, 3, H, W]
+    images = first_image.new_zeros(n, first_image.shape[0], height, width)  # [B, C, H, W]
     target = first_target["target"].new_zeros(n, 1, height, width)  # [B, 1, H, W]
     valid = torch.zeros(n, 1, height, width, dtype=torch.bool)  # [B, 1, H, W]
     for i, (image, maps) in enumerate(samples):
@@ -305,12 +362,14 @@ def collate_dense(samples: list[DenseSample]) -> DenseBatch:
 def build_dense_dataset(data_cfg, split: str = "train", train: bool | None = None):
     """The ``split`` of the dense data that ``data_cfg`` (a ``DenseDataConfig``) describes.
 
-    ``train`` switches the flips on (default: ``split == "train"``). "synthetic" makes (once)
-    and reads the embedded height maps (splits "train" and "val"; "test" = "val"); "folder"
-    reads ``data_cfg.root/<split>``.
+    ``train`` switches the augmentation on (default: ``split == "train"``): random crops of
+    ``data_cfg.crop_size`` and flips. "synthetic" makes (once) and reads the embedded height
+    maps (splits "train" and "val"; "test" = "val"); "folder" reads ``data_cfg.root/<split>``,
+    with ``data_cfg.band_stats`` "auto" normalised by the train split's band statistics.
     """
     if train is None:
         train = split == "train"
+    crop = list(data_cfg.crop_size) if data_cfg.crop_size else None
     if data_cfg.name == "synthetic":
         if split not in ("train", "val", "test"):
             raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
@@ -320,7 +379,9 @@ def build_dense_dataset(data_cfg, split: str = "train", train: bool | None = Non
         name = "train" if split == "train" else "val"
         images, targets = load_heightmap_split(path, name)
         source = f"the {name} split of {path}"
-        return DenseArrayDataset(images, targets, HEIGHTMAP_MEAN, HEIGHTMAP_STD, train, source)
+        return DenseArrayDataset(
+            images, targets, HEIGHTMAP_MEAN, HEIGHTMAP_STD, train, source, crop_size=crop
+        )
     if data_cfg.name == "folder":
         if data_cfg.root is None:
             raise DatasetError(
@@ -328,5 +389,34 @@ def build_dense_dataset(data_cfg, split: str = "train", train: bool | None = Non
                 "downloaded); set data.root to a folder holding <split>/images/ and "
                 "<split>/targets/"
             )
-        return DenseFolderDataset(Path(data_cfg.root).expanduser() / split, data_cfg.nodata, train)
+        root = Path(data_cfg.root).expanduser()
+        rgb = data_cfg.band_stats == "imagenet"
+        dataset = DenseFolderDataset(root / split, data_cfg.nodata, train, rgb=rgb, crop_size=crop)
+        if not rgb:
+            _use_band_stats(dataset, root, split, data_cfg.nodata)
+        return dataset
     raise ValueError(f"unknown dense dataset {data_cfg.name!r}; expected 'synthetic' or 'folder'")
+
+
+def _use_band_stats(dataset: DenseFolderDataset, root: Path, split: str, nodata) -> None:
+    """Normalise ``dataset`` with the per-band statistics of ``root``'s train split."""
+    pairs, problem = dataset.pairs, None
+    if split != "train":
+        try:
+            pairs = DenseFolderDataset(root / "train", nodata, rgb=False).pairs
+        except DatasetError as exc:
+            if (root / "train").exists():  # a broken train split is reported, not bypassed
+                raise DatasetError(f"data.band_stats=auto needs the train split: {exc}") from None
+            pairs, problem = None, exc  # no train split: the saved statistics may be there
+    stats = band_stats_for(root, pairs, nodata)
+    if stats is None:
+        raise DatasetError(
+            f"data.band_stats=auto normalises every split with the train split's band "
+            f"statistics ({root / 'band_stats.json'}, none saved yet), but {problem}"
+        )
+    if len(stats.mean) != dataset.bands:
+        raise DatasetError(
+            f"the images of {dataset.folder} have {dataset.bands} bands but those of "
+            f"{root / 'train'} have {len(stats.mean)}: every split needs the same bands"
+        )
+    dataset.mean, dataset.std, dataset.scale = stats.mean, stats.std, 1.0

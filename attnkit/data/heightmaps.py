@@ -11,6 +11,11 @@ what casts them. Pixel noise is added last.
 About 5% of each map is nodata (NaN): an elliptic blob or a full-length strip, as a lidar gap or
 a swath edge would leave. The image is left intact there; only the target is unknown.
 
+The same scenes serve segmentation: :func:`make_scenes` also returns what covers each pixel
+(:data:`SCENE_CLASSES`: 0 ground, 1 building, 2 tree, :data:`NODATA_LABEL` where the height is
+nodata). The class maps are read off the drawing and draw no random numbers of their own, so
+images and heights are the same with or without them.
+
 Rendering is vectorised over chunks of images in float32 (1000 maps of 64x64 take about two
 seconds on one core). All randomness comes from one seeded NumPy generator: the same seed and
 size give bit-identical arrays.
@@ -36,9 +41,11 @@ from attnkit.data.synthetic import default_cache_dir
 # seed 0; a test checks them against the data).
 HEIGHTMAP_MEAN = (0.4691, 0.4505, 0.3464)
 HEIGHTMAP_STD = (0.1588, 0.1441, 0.1348)
-GENERATOR_VERSION = 1  # bump when the drawing changes, so caches are remade
+GENERATOR_VERSION = 2  # bump when the drawing changes, so caches are remade (2: class maps)
 VAL_STREAM = 0x4D5  # second seed word of the validation stream: (seed, VAL_STREAM)
 NODATA_FRACTION = 0.05  # target share of nodata pixels per image (drawn in 4-6%)
+SCENE_CLASSES = ("ground", "building", "tree")  # class ids 0, 1, 2 of the class maps
+NODATA_LABEL = 255  # class-map value where the height map is nodata
 # Pixels rendered at once (part of the generator: changing it changes the data).
 _CHUNK_PIXELS = 1 << 20
 _SHADOW_STEPS = 12  # longest cast shadow, pixels
@@ -75,9 +82,10 @@ def _frame(rng, n, yy, xx, scale, half_lo, half_hi):
 def _surface(rng, n, yy, xx):
     """Heights in metres ``[n, H, W]`` and what covers each pixel.
 
-    Returns ``(height, owner, palette, tint)``: ``owner`` ``[n, H, W]`` indexes the colours
-    ``palette`` ``[n, 1 + objects, 3]`` (0 is the ground, filled in by the caller) and ``tint``
-    ``[n, H, W]`` darkens tree crowns towards their rim.
+    Returns ``(height, owner, palette, tint, classes)``: ``owner`` ``[n, H, W]`` indexes the
+    colours ``palette`` ``[n, 1 + objects, 3]`` (0 is the ground, filled in by the caller),
+    ``tint`` ``[n, H, W]`` darkens tree crowns towards their rim and ``classes`` ``[n, H, W]``
+    uint8 says which kind of thing the owner is (an index into :data:`SCENE_CLASSES`).
     """
     h, w = yy.shape
     scale = math.sqrt(h * w) / _REFERENCE_SIDE
@@ -119,7 +127,9 @@ def _surface(rng, n, yy, xx):
         np.copyto(above, bump, where=wins)
         np.copyto(tint, 0.7 + 0.3 * bump / crown, where=wins)
         owner[wins] = 1 + buildings + k
-    return height + above, owner, palette, tint
+    # Owners 1..buildings are buildings, the ones after them trees.
+    classes = (owner > 0).astype(np.uint8) + (owner > buildings)  # [n, H, W] 0 / 1 / 2
+    return height + above, owner, palette, tint, classes
 
 
 def _lighting(rng, height: np.ndarray, yy, xx) -> np.ndarray:
@@ -171,9 +181,10 @@ def _nodata(rng, n: int, yy, xx) -> np.ndarray:
 
 
 def _render_chunk(rng: np.random.Generator, n: int, h: int, w: int):
-    """``n`` images uint8 ``[n, H, W, 3]`` and height maps float32 ``[n, H, W]`` (NaN: nodata)."""
+    """``n`` images uint8 ``[n, H, W, 3]``, height maps float32 ``[n, H, W]`` (NaN: nodata) and
+    class maps uint8 ``[n, H, W]`` (:data:`NODATA_LABEL` where the height is nodata)."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5  # pixel centres [H, W]
-    height, owner, palette, tint = _surface(rng, n, yy, xx)
+    height, owner, palette, tint, classes = _surface(rng, n, yy, xx)
     palette[:, 0] = _uniform(rng, [90, 85, 60], [170, 160, 125], (n, 3))  # the ground
     colour = np.take_along_axis(palette, owner.reshape(n, -1, 1), axis=1)  # [n, H * W, 3]
     colour = colour.reshape(n, *yy.shape, 3) * tint[..., None]  # [n, H, W, 3]
@@ -186,8 +197,10 @@ def _render_chunk(rng: np.random.Generator, n: int, h: int, w: int):
     image = colour * _lighting(rng, height, yy, xx)[..., None]  # [n, H, W, 3]
     noise = rng.random(size=image.shape, dtype=np.float32) - 0.5  # std 1 / sqrt(12)
     image += noise * (math.sqrt(12) * _per_image(_uniform(rng, 2, 7, n))[..., None])
-    height[_nodata(rng, n, yy, xx)] = np.nan
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8), height
+    nodata = _nodata(rng, n, yy, xx)  # [n, H, W] bool
+    height[nodata] = np.nan
+    classes[nodata] = NODATA_LABEL
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), height, classes
 
 
 def _check_size(image_size: Sequence[int]) -> tuple[int, int]:
@@ -197,13 +210,16 @@ def _check_size(image_size: Sequence[int]) -> tuple[int, int]:
     return size[0], size[1]
 
 
-def make_heightmaps(
+def make_scenes(
     num_images: int, seed: int | Sequence[int], image_size: Sequence[int] = (64, 64)
-) -> tuple[np.ndarray, np.ndarray]:
-    """``num_images`` images uint8 ``[N, H, W, 3]`` and height maps float32 ``[N, H, W]``.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``num_images`` images uint8 ``[N, H, W, 3]``, height maps float32 ``[N, H, W]`` and
+    class maps uint8 ``[N, H, W]``.
 
-    Heights are in metres, NaN where nodata. ``seed`` is anything ``numpy.random.default_rng``
-    accepts (an int or a sequence of ints); ``image_size`` is ``(H, W)``.
+    Heights are in metres, NaN where nodata; class ids index :data:`SCENE_CLASSES`, and are
+    :data:`NODATA_LABEL` where the height is nodata. ``seed`` is anything
+    ``numpy.random.default_rng`` accepts (an int or a sequence of ints); ``image_size`` is
+    ``(H, W)``.
     """
     if num_images < 0:
         raise ValueError(f"num_images must be >= 0, got {num_images}")
@@ -211,10 +227,20 @@ def make_heightmaps(
     rng = np.random.default_rng(seed)
     images = np.empty((num_images, h, w, 3), np.uint8)
     heights = np.empty((num_images, h, w), np.float32)
+    labels = np.empty((num_images, h, w), np.uint8)
     chunk = max(1, _CHUNK_PIXELS // (h * w))
     for start in range(0, num_images, chunk):
-        n = min(chunk, num_images - start)
-        images[start : start + n], heights[start : start + n] = _render_chunk(rng, n, h, w)
+        part = slice(start, start + min(chunk, num_images - start))
+        images[part], heights[part], labels[part] = _render_chunk(rng, part.stop - start, h, w)
+    return images, heights, labels
+
+
+def make_heightmaps(
+    num_images: int, seed: int | Sequence[int], image_size: Sequence[int] = (64, 64)
+) -> tuple[np.ndarray, np.ndarray]:
+    """The images uint8 ``[N, H, W, 3]`` and height maps float32 ``[N, H, W]`` of
+    :func:`make_scenes` (the same arguments), without the class maps."""
+    images, heights, _ = make_scenes(num_images, seed, image_size)
     return images, heights
 
 
@@ -225,10 +251,10 @@ def ensure_heightmaps(
     image_size: Sequence[int] = (64, 64),
     cache_dir: str | Path | None = None,
 ) -> Path:
-    """One cached ``.npz`` with ``train_images``, ``train_targets``, ``val_images``,
-    ``val_targets`` for these parameters, made once.
+    """One cached ``.npz`` with ``train_images``, ``train_targets``, ``train_labels``,
+    ``val_images``, ``val_targets``, ``val_labels`` for these parameters, made once.
 
-    Train is ``make_heightmaps(num_train, seed)``; val comes from the separate seed stream
+    Train is ``make_scenes(num_train, seed)``; val comes from the separate seed stream
     ``(seed, VAL_STREAM)``, so it never repeats training maps. The file name holds the counts,
     seed, size and a hash that includes the generator version; the file is written under a
     temporary name and renamed into place, so concurrent callers agree on one copy and an
@@ -244,9 +270,9 @@ def ensure_heightmaps(
     cache_dir.mkdir(parents=True, exist_ok=True)
     arrays = {}
     for split, count, stream in (("train", num_train, seed), ("val", num_val, (seed, VAL_STREAM))):
-        arrays[f"{split}_images"], arrays[f"{split}_targets"] = make_heightmaps(
-            count, stream, (h, w)
-        )
+        scenes = make_scenes(count, stream, (h, w))
+        for kind, array in zip(("images", "targets", "labels"), scenes, strict=True):
+            arrays[f"{split}_{kind}"] = array
     fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp", dir=cache_dir)
     try:
         with os.fdopen(fd, "wb") as file:
@@ -258,6 +284,23 @@ def ensure_heightmaps(
     return path
 
 
+_REMAKE = "delete it and it is made again"
+
+
+def _read_split(path: Path, split: str, kinds: Sequence[str]) -> list[np.ndarray]:
+    """The arrays ``{split}_{kind}`` of a cache file; an unreadable file is a DatasetError."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return [data[f"{split}_{kind}"] for kind in kinds]
+    except FileNotFoundError:
+        raise DatasetError(f"synthetic height-map file not found: {path}") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise DatasetError(
+            f"cannot read synthetic height-map file {path} ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())}): {_REMAKE}"
+        ) from None
+
+
 def load_heightmap_split(path: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """The images and targets of ``split`` ("train" / "val") from a file of ensure_heightmaps.
 
@@ -265,22 +308,27 @@ def load_heightmap_split(path: str | Path, split: str) -> tuple[np.ndarray, np.n
     it (the next run makes it again); so is a split whose images and targets differ in size.
     """
     path = Path(path)
-    remake = "delete it and it is made again"
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            images, targets = data[f"{split}_images"], data[f"{split}_targets"]
-    except FileNotFoundError:
-        raise DatasetError(f"synthetic height-map file not found: {path}") from None
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-        raise DatasetError(
-            f"cannot read synthetic height-map file {path} ({type(exc).__name__}: "
-            f"{' '.join(str(exc).split())}): {remake}"
-        ) from None
+    images, targets = _read_split(path, split, ("images", "targets"))
     shape_ok = images.ndim == 4 and images.shape[-1] == 3 and targets.shape == images.shape[:3]
     if images.dtype != np.uint8 or not shape_ok:
         raise DatasetError(
             f"synthetic height-map file {path}: {split} images {images.dtype} "
             f"{list(images.shape)} and targets {list(targets.shape)} do not match (expected "
-            f"uint8 [N, H, W, 3] and [N, H, W]): {remake}"
+            f"uint8 [N, H, W, 3] and [N, H, W]): {_REMAKE}"
         )
     return images, targets
+
+
+def load_scene_labels(path: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The images and class maps uint8 ``[N, H, W]`` of ``split`` from a file of
+    ensure_heightmaps (see :func:`load_heightmap_split`; the same errors)."""
+    path = Path(path)
+    images, labels = _read_split(path, split, ("images", "labels"))
+    shape_ok = images.ndim == 4 and images.shape[-1] == 3 and labels.shape == images.shape[:3]
+    if images.dtype != np.uint8 or labels.dtype != np.uint8 or not shape_ok:
+        raise DatasetError(
+            f"synthetic height-map file {path}: {split} images {images.dtype} "
+            f"{list(images.shape)} and labels {labels.dtype} {list(labels.shape)} do not match "
+            f"(expected uint8 [N, H, W, 3] and uint8 [N, H, W]): {_REMAKE}"
+        )
+    return images, labels

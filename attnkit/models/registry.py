@@ -43,8 +43,11 @@ class Family:
             ``name``).
         build: ``build(cfg) -> nn.Module`` from the whole experiment config; the model is called
             as ``model(**batch.inputs)``.
-        task: name of its task in ``attnkit.tasks.TASKS`` (``detection``, ``classification``,
-            ``dense_regression``): the data schema, datasets, collate, criterion and evaluator.
+        task: name of its default task in ``attnkit.tasks.TASK_MODULES`` (``detection``,
+            ``classification``, ``dense_regression``): the data schema, datasets, collate,
+            criterion and evaluator.
+        tasks: the other tasks the family's models can do besides ``task``
+            (``dense_segmentation``); a config picks one with its root key ``task``.
         loss_schema: dataclass of the ``loss`` section when the family's differs from its task's.
         site_label: module name -> the label figures and tables show for an attention site
             (``decoder L3 cross``, ``block 4``), or None to keep the module name.
@@ -62,6 +65,7 @@ class Family:
     schema: type
     build: Callable[[Any], nn.Module]
     task: str
+    tasks: tuple[str, ...] = ()
     loss_schema: type | None = None
     site_label: Callable[[str], str | None] | None = None
     analysis_layers: tuple[str, ...] | None = None
@@ -69,6 +73,11 @@ class Family:
     foreign_weights: Mapping[str, tuple[Callable, Callable]] = field(default_factory=dict)
     variants: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
+
+    @property
+    def all_tasks(self) -> tuple[str, ...]:
+        """Every task the family offers: its default ``task`` first, then ``tasks``."""
+        return (self.task, *(t for t in self.tasks if t != self.task))
 
     def foreign_format(self, state: Mapping[str, Any]) -> str | None:
         """The name of the foreign format ``state`` is in, or None for attnkit's own."""

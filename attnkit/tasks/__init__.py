@@ -1,7 +1,9 @@
-"""Tasks: detection, classification, dense regression (losses, evaluators, collate).
+"""Tasks: detection, classification, dense regression and segmentation (losses, evaluators,
+collate).
 
-``TASKS`` maps a task name to its :class:`~attnkit.tasks.base.Task`; a family names its task,
-and :func:`task_of` finds the task of an experiment config through the family registry.
+``TASK_MODULES`` maps a task name to its :class:`~attnkit.tasks.base.Task`; a family names its
+default task (and any others it can do), and :func:`task_of` finds the task of an experiment
+config: its root key ``task`` when set, else its family's default.
 """
 
 from __future__ import annotations
@@ -10,12 +12,21 @@ import importlib
 
 from attnkit.tasks.base import Evaluator, Task
 
-__all__ = ["TASK_MODULES", "Evaluator", "Task", "build_criterion", "get_task", "task_of"]
+__all__ = [
+    "TASK_MODULES",
+    "Evaluator",
+    "Task",
+    "build_criterion",
+    "get_task",
+    "task_name",
+    "task_of",
+]
 
 TASK_MODULES = {
     "detection": "attnkit.tasks.detection:DetectionTask",
     "classification": "attnkit.tasks.classification:ClassificationTask",
     "dense_regression": "attnkit.tasks.dense:DenseRegressionTask",
+    "dense_segmentation": "attnkit.tasks.segmentation:SegmentationTask",
 }
 """Task name -> ``module:class``, imported on first use."""
 _INSTANCES: dict[str, Task] = {}
@@ -31,11 +42,19 @@ def get_task(name: str) -> Task:
     return _INSTANCES[name]
 
 
-def task_of(cfg) -> Task:
-    """The task of an experiment config's family."""
+def task_name(cfg) -> str:
+    """The name of an experiment config's task: ``cfg.task``, or its family's default task.
+
+    Configs read before the root key ``task`` existed (old checkpoints) have none: the default.
+    """
     from attnkit.models.registry import family_of
 
-    return get_task(family_of(cfg).task)
+    return getattr(cfg, "task", None) or family_of(cfg).task
+
+
+def task_of(cfg) -> Task:
+    """The task of an experiment config (see :func:`task_name`)."""
+    return get_task(task_name(cfg))
 
 
 def build_criterion(cfg):

@@ -23,7 +23,12 @@ __all__ = ["Evaluator", "Task"]
 
 
 class Evaluator(Protocol):
-    """Streamed task metrics over one pass of a loader."""
+    """Streamed task metrics over one pass of a loader.
+
+    Optional: a method ``predict(model, batch) -> outputs``. When an evaluator has it,
+    ``run_evaluation`` calls it instead of ``model(**batch.inputs)`` (sliding-window prediction
+    of large rasters, test-time augmentation), so no shared code branches on a task.
+    """
 
     def update(self, outputs: Any, batch: Any) -> None:
         """Add one batch: the model's outputs and the batch they came from."""

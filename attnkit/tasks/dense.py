@@ -1,18 +1,19 @@
 """Dense (pixel-wise) regression, e.g. a height map in metres, with a nodata mask.
 
 Batches carry ``targets = {"target": [B, 1, H, W], "valid": [B, 1, H, W] bool}``; the loss and
-every metric only see valid pixels.
+every metric only see valid pixels. With ``data.eval_window`` the evaluator predicts each image as
+overlapping tiles (:mod:`attnkit.tasks.sliding_window`) instead of whole.
 """
 
 from __future__ import annotations
 
 from attnkit.config.schema import DenseDataConfig, DenseLossConfig
-from attnkit.errors import DataError
+from attnkit.errors import ConfigError, DataError
 from attnkit.tasks.base import Task
 from attnkit.tasks.dense_loss import DenseRegressionLoss
 from attnkit.tasks.dense_metrics import DenseRegressionMetrics
 
-__all__ = ["DenseRegressionEvaluator", "DenseRegressionTask"]
+__all__ = ["DenseRegressionEvaluator", "DenseRegressionTask", "SlidingWindowDenseEvaluator"]
 
 
 class DenseRegressionEvaluator:
@@ -30,6 +31,27 @@ class DenseRegressionEvaluator:
 
     def artifacts(self) -> dict:
         return {}
+
+
+class SlidingWindowDenseEvaluator(DenseRegressionEvaluator):
+    """:class:`DenseRegressionEvaluator` whose ``predict`` runs the model on overlapping
+    ``window`` tiles of each batch and blends them (``data.eval_window`` / ``eval_overlap``)."""
+
+    def __init__(self, bins, window, overlap: float):
+        super().__init__(bins)
+        self.window, self.overlap = list(window), float(overlap)
+
+    def predict(self, model, batch):
+        """The model's prediction ``[B, out, H, W]`` for ``batch``, tile by tile."""
+        from attnkit.tasks.sliding_window import sliding_window_predict
+
+        inputs = batch.inputs
+
+        def tiles(images):
+            outputs = model(**{**inputs, "images": images})
+            return outputs["pred"] if isinstance(outputs, dict) else outputs
+
+        return sliding_window_predict(tiles, inputs["images"], self.window, self.overlap)
 
 
 class DenseRegressionTask(Task):
@@ -55,10 +77,14 @@ class DenseRegressionTask(Task):
         return DenseRegressionLoss(kind=cfg.loss.kind, beta=cfg.loss.beta)
 
     def build_evaluator(self, cfg, dataset):
+        window = getattr(cfg.data, "eval_window", None)
+        if window:
+            return SlidingWindowDenseEvaluator(cfg.loss.bins, window, cfg.data.eval_overlap)
         return DenseRegressionEvaluator(cfg.loss.bins)
 
     def check(self, cfg, dataset) -> None:
         """A split must hold images: with none, training has no steps and every metric is NaN.
+        The model's ``in_chans`` must be the images' band count (``dataset.bands``).
 
         The datasets refuse an empty split when they open; this catches any other dataset a
         family builds, naming where the data comes from.
@@ -68,3 +94,11 @@ class DenseRegressionTask(Task):
                 getattr(dataset, "folder", None) or cfg.data.root or f"data.name {cfg.data.name!r}"
             )
             raise DataError(f"{where}: the split has no images; give it at least one")
+        bands = getattr(dataset, "bands", None)
+        in_chans = getattr(getattr(cfg, "model", None), "in_chans", None)
+        if bands is not None and in_chans is not None and bands != in_chans:
+            where = getattr(dataset, "folder", None) or f"data.name '{cfg.data.name}'"
+            raise ConfigError(
+                f"model.in_chans is {in_chans} but the images of {where} have {bands} bands: "
+                f"set model.in_chans={bands}"
+            )

@@ -13,16 +13,19 @@ def run_evaluation(
 ) -> dict:
     """Feed every batch of ``loader`` through ``model`` into ``evaluator``; its metrics.
 
-    An empty loader is an error rather than metrics of nothing.
+    The outputs are ``evaluator.predict(model, batch)`` when the evaluator has that (optional)
+    method, e.g. sliding-window prediction, else ``model(**batch.inputs)``. An empty loader is
+    an error rather than metrics of nothing.
     """
     from tqdm.auto import tqdm
 
     model.eval()
+    predict = getattr(evaluator, "predict", None)
     seen = 0
     for batch in tqdm(loader, desc="eval", unit="batch", disable=not progress, leave=False):
         batch = batch.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            outputs = model(**batch.inputs)
+            outputs = predict(model, batch) if predict is not None else model(**batch.inputs)
         evaluator.update(outputs, batch)
         seen += len(batch)
     if seen == 0:
