@@ -21,6 +21,7 @@ BENCHMARKS = {
     "maxvit": "attnkit.bench.maxvit",
     "attention": "attnkit.bench.attention",
     "encoders": "attnkit.bench.encoders",
+    "dense": "attnkit.bench.dense",
 }
 
 
@@ -116,8 +117,10 @@ def cmd_models(args) -> int:
     configs = Path(args.configs)
     for name in sorted(FAMILIES):
         family = FAMILIES[name]
-        task = get_task(family.task)
-        print(f"{name}  ({task.name}): {family.description}")
+        task = get_task(family.task).name
+        others = [get_task(other).name for other in family.all_tasks[1:]]
+        also = f"; also {', '.join(others)} with task=<name>" if others else ""
+        print(f"{name}  ({task}{also}): {family.description}")
         for variant, text in family.variants.items():
             print(f"    variant {variant}: {text}")
         for path in sorted((configs / name).glob("*.yaml")):

@@ -91,22 +91,44 @@ def test_swin_unet_has_the_released_size_and_expands_patches_in_p1_p2_c_order(re
     assert not torch.equal(shuffled.permute(1, 2, 0), patch)
 
 
-MECHANISMS = ["full", "window", "shifted_window", "grid", "spatial_reduction", "efficient"]
+MECHANISMS = [
+    "full",
+    "window",
+    "shifted_window",
+    "grid",
+    "spatial_reduction",
+    "pooled_reduction",
+    "efficient",
+]
+ENCODERS = {  # overrides giving four attention sites; the label they start with
+    "swin": (["model.encoder.variant=tiny"], "stage "),
+    "mit": (["model.encoder.variant=b0", "model.encoder.embed_dims=[32,64]"], "stage "),
+    "vit": (
+        [
+            "model.encoder.embed_dim=32",
+            "model.encoder.depth=4",
+            "model.encoder.num_heads=[2]",
+            "model.encoder.patch_size=8",
+            "model.encoder.stage_idx=[0,1,2,3]",
+        ],
+        "block ",
+    ),
+}
 
 
-@pytest.mark.parametrize("encoder", ["swin", "mit"])
+@pytest.mark.parametrize("encoder", list(ENCODERS))
 @pytest.mark.parametrize("mechanism", MECHANISMS)
 def test_every_mechanism_in_every_encoder_learns(repo_root, encoder, mechanism):
-    """One config line swaps the mechanism (and Mix-FFN into Swin, an MLP into MiT); a few AdamW
-    steps on a fixed batch lower the loss and every site still reports its attention."""
+    """One config line swaps the mechanism (and Mix-FFN into Swin and ViT, an MLP into MiT); a
+    few AdamW steps on a fixed batch lower the loss and every site still reports its attention."""
     normalizer = "softmax" if mechanism == "efficient" else "sparsemax"
-    ffn = "mix_ffn" if encoder == "swin" else "mlp"
+    ffn = "mlp" if encoder == "mit" else "mix_ffn"
+    overrides, site = ENCODERS[encoder]
     cfg = load_config(
         repo_root / "configs/dense/synth_swin_segformer.yaml",
         [
             f"model.encoder.name={encoder}",
-            f"model.encoder.variant={'tiny' if encoder == 'swin' else 'b0'}",
-            "model.encoder.embed_dims=[32,64]",
+            *overrides,
             f"model.attention.mechanism={mechanism}",
             f"model.attention.normalizer={normalizer}",
             f"model.block.ffn={ffn}",
@@ -134,7 +156,7 @@ def test_every_mechanism_in_every_encoder_learns(repo_root, encoder, mechanism):
     with torch.no_grad(), AttentionRecorder(model) as rec:
         model(images[:1])
     assert len(rec.names) == 4
-    assert all(rec.last(n).site.startswith("stage ") for n in rec.names)
+    assert all(rec.last(n).site.startswith(site) for n in rec.names)
 
 
 def test_efficient_attention_refuses_a_sparse_normalizer(repo_root):

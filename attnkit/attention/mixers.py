@@ -9,6 +9,8 @@ The dense line composes encoders from interchangeable mechanisms (``model.attent
 - ``grid``: attention within a dilated grid partition (MaxViT's grid attention);
 - ``spatial_reduction``: keys and values from the map reduced ``r``-fold by a strided conv
   (PVTv2 / MiT; :class:`SpatialReductionAttention`);
+- ``pooled_reduction``: keys and values from the map average-pooled to a fixed ``P x P`` grid
+  (PVTv2-Li's linear spatial reduction), linear in the token count;
 - ``efficient``: linear attention (Shen et al. 2021; :class:`EfficientAttention`), which forms no
   attention matrix and so takes no normalizer.
 
@@ -29,7 +31,15 @@ from attnkit.attention.spatial_reduction import SpatialReductionAttention
 
 __all__ = ["MECHANISMS", "WITHOUT_ATTENTION_MATRIX", "OnMap", "map_attention"]
 
-MECHANISMS = ("full", "window", "shifted_window", "grid", "spatial_reduction", "efficient")
+MECHANISMS = (
+    "full",
+    "window",
+    "shifted_window",
+    "grid",
+    "spatial_reduction",
+    "pooled_reduction",
+    "efficient",
+)
 WITHOUT_ATTENTION_MATRIX = ("efficient",)
 """Mechanisms that never form an attention matrix: a normalizer other than softmax is an error."""
 
@@ -62,12 +72,13 @@ def map_attention(
     window: tuple[int, int] = (7, 7),
     shift: tuple[int, int] | None = None,
     sr_ratio: int = 1,
+    pool_size: int = 7,
 ) -> nn.Module:
     """The ``mechanism`` (one of :data:`MECHANISMS`) as a module on ``[B, h, w, C]`` maps.
 
     ``window``: the window (or grid) of the partition mechanisms; ``shift``: the shift of
     ``shifted_window`` (default: half the window); ``sr_ratio``: the reduction of
-    ``spatial_reduction``. A normalizer other than softmax for ``efficient`` is a ``ValueError``.
+    ``spatial_reduction``; ``pool_size``: the key grid of ``pooled_reduction``. A normalizer other than softmax for ``efficient`` is a ``ValueError``.
     """
     kw = normalizer_kw or {}
     window = (int(window[0]), int(window[1]))
@@ -83,6 +94,10 @@ def map_attention(
         )
     if mechanism == "spatial_reduction":
         return OnMap(SpatialReductionAttention(dim, num_heads, sr_ratio, normalizer, kw))
+    if mechanism == "pooled_reduction":
+        return OnMap(
+            SpatialReductionAttention(dim, num_heads, 1, normalizer, kw, pool_size=pool_size)
+        )
     if mechanism == "efficient":
         if normalizer != "softmax":
             raise ValueError(

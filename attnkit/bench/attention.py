@@ -6,9 +6,9 @@ forward + backward. The resolution sweep gives, per mechanism, the median millis
 memory of the pass (CUDA's allocator on a GPU; a tracker of tensor storages on the CPU) and the
 forward FLOPs of ``torch.utils.flop_counter``; a straight-line fit of log time (and log memory)
 against log N over the larger maps gives the scaling exponent: about 2 for full attention, about
-1 for windowed, grid and efficient (linear) attention. The complexity column states each
-mechanism's cost of forming and applying its attention (N tokens, C channels, P = window area,
-r = spatial reduction), beside the measured numbers. Nothing here asserts a time.
+1 for windowed, grid, pooled-reduction and efficient (linear) attention. The complexity column
+states each mechanism's cost of forming and applying its attention (N tokens, C channels,
+P = window area, r = spatial reduction, p = 7 the pooled key grid's side), beside the measured numbers. Nothing here asserts a time.
 
     attnkit bench attention                                   # CPU, sides 8 ... 64 tokens
     attnkit bench attention --sides 8,16,32,64,128 --device cuda --out results/attention
@@ -38,6 +38,7 @@ COMPLEXITY = {
     "shifted_window": "2 N P C",
     "grid": "2 N P C",
     "spatial_reduction": "2 N^2 C / r^2",
+    "pooled_reduction": "2 N p^2 C",
     "efficient": "2 N C^2 / heads",
 }
 """Multiply-adds of forming and applying each mechanism's attention (projections excluded)."""

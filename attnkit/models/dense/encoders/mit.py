@@ -61,11 +61,12 @@ class MiTBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)  # SegFormer's (and timm's) block norms
-        self.on_map = mechanism not in ("native", "spatial_reduction")
+        self.on_map = mechanism not in ("native", "spatial_reduction", "pooled_reduction")
         if self.on_map:
             self.attn = map_attention(mechanism, dim, heads, normalizer, kw, sr_ratio=sr)
-        else:
-            self.attn = SpatialReductionAttention(dim, heads, sr, normalizer, kw)
+        else:  # timm's PVTv2 names; pooled: PVTv2-Li's linear spatial reduction to 7 x 7 keys
+            pool = 7 if mechanism == "pooled_reduction" else None
+            self.attn = SpatialReductionAttention(dim, heads, sr, normalizer, kw, pool_size=pool)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mix = ffn in ("native", "mix_ffn")
