@@ -5,6 +5,7 @@ PVTv2-Li's pooled spatial reduction, and every encoder x decoder pair trained by
 from __future__ import annotations
 
 import json
+import types
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 
 from attnkit.config import load_config
 from attnkit.errors import ConfigError
+from attnkit.models import build_model
 
 BASE = "configs/dense/synth_swin_segformer.yaml"
 ENCODER_CONFIGS = {
@@ -176,3 +178,28 @@ def test_every_encoder_decoder_pair_trains_through_the_cli(repo_root, tmp_path, 
     evals = [r for r in records if r.get("kind") == "eval"]
     assert len(losses) == 12 and sum(losses[-3:]) < sum(losses[:3]), losses
     assert evals and evals[-1]["mae"] == evals[-1]["mae"]  # not NaN
+
+
+@pytest.mark.parametrize("config", ["synth_swin_unet", "synth_maxvit_segformer"])
+@pytest.mark.parametrize("normalizer", ["softmax", "sparsemax"])
+def test_whole_model_prediction_does_not_depend_on_what_fills_the_window_padding(
+    repo_root, monkeypatch, config, normalizer
+):
+    """At 44 x 60 pixels no map is a multiple of the window (or grid), so every window and grid
+    attention of the model pads its map; with the padded keys masked out, filling the padding
+    with 1000 instead of 0 leaves the prediction at every real pixel unchanged."""
+    import attnkit.attention.partition as partition
+
+    cfg = load_config(
+        repo_root / f"configs/dense/{config}.yaml", [f"model.attention.normalizer={normalizer}"]
+    )
+    torch.manual_seed(4)
+    model = build_model(cfg).eval()
+    images = torch.randn(2, 3, 44, 60)
+    with torch.no_grad():
+        clean = model(images)
+        fill = types.SimpleNamespace(pad=lambda x, p, *a, **k: F.pad(x, p, value=1e3))
+        monkeypatch.setattr(partition, "F", fill)  # only the partition module's padding
+        filled = model(images)
+    assert clean.shape == (2, 1, 44, 60)
+    assert torch.allclose(clean, filled, atol=1e-5)
