@@ -70,6 +70,10 @@ DOCS_FIGURES := detr-00_dataset/00_samples detr-02_attention_maps/02_models_img1
 	maxvit-02_receptive_fields/02_regions_stage1 \
 	maxvit-02_receptive_fields/02_compare_stage_1_block_1_block \
 	maxvit-03_sparsity/03_block_vs_grid maxvit-04_alphas/04_alpha_final
+DOCS_FIGURES += dense-01_data/01_samples dense-03_predictions/03_predictions_swin_unet_sparsemax \
+	dense-03_predictions/03_bin_errors \
+	dense-04_attention_maps/04_compare_swin_unet_sparsemax_stage_1_block_2 \
+	dense-05_sparsity/05_stages dense-06_efficiency/06_profile_softmax
 docs-figures: $(STAMP)
 	$(VENV)/bin/attnkit workbook run --profile reference --out $(DOCS_RUN) --overwrite
 	@for f in $(DOCS_FIGURES); do \

@@ -203,3 +203,15 @@ def test_whole_model_prediction_does_not_depend_on_what_fills_the_window_padding
         filled = model(images)
     assert clean.shape == (2, 1, 44, 60)
     assert torch.allclose(clean, filled, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("mechanism", "shifted"),
+    [("native", [False, True]), ("window", [False, False]), ("shifted_window", [True, True])],
+)
+def test_swin_shifts_every_other_block_natively_never_with_window_always_with_shifted(
+    repo_root, mechanism, shifted
+):
+    cfg = load_config(repo_root / BASE, [f"model.attention.mechanism={mechanism}"])
+    stage = build_model(cfg).encoder.layers[0]
+    assert [any(block.attn.shift) for block in stage.blocks] == shifted

@@ -178,7 +178,7 @@ class SwinEncoder(nn.Module):
                     dim,
                     heads,
                     win,
-                    shift if j % 2 else (0, 0),
+                    shift if j % 2 and mechanism == "native" else (0, 0),  # "window": never
                     mlp_ratio,
                     rates[sum(depths[:i]) + j],
                     normalizer,
