@@ -215,3 +215,22 @@ def test_swin_shifts_every_other_block_natively_never_with_window_always_with_sh
     cfg = load_config(repo_root / BASE, [f"model.attention.mechanism={mechanism}"])
     stage = build_model(cfg).encoder.layers[0]
     assert [any(block.attn.shift) for block in stage.blocks] == shifted
+
+
+def test_keys_outside_a_queries_shift_region_are_not_counted_as_zeros(repo_root):
+    """In a shifted window a query may not see the tokens of the other regions (Swin's mask):
+    softmax gives them exactly 0, but they were never candidates, so a softmax Swin's zeros
+    ratio is 0 at every site and its support covers every key the query could see."""
+    from attnkit.analysis.analyze import AttentionAnalysis
+    from attnkit.data.dense import DenseBatch
+
+    cfg = load_config(repo_root / BASE, ["model.attention.normalizer=softmax"])
+    torch.manual_seed(5)
+    model = build_model(cfg).eval()
+    analysis = AttentionAnalysis(model)
+    target = torch.zeros(2, 1, 64, 64)
+    analysis.update(DenseBatch(torch.randn(2, 3, 64, 64), target, target > 0))
+    zeros = analysis.summary()["zeros_ratio"]
+    shifted = "encoder.layers.0.blocks.1.attn"
+    assert set(zeros) >= {shifted, "encoder.layers.0.blocks.0.attn"}
+    assert all(v["mean"] == 0.0 for v in zeros.values()), {k: v["mean"] for k, v in zeros.items()}

@@ -146,6 +146,10 @@ class AttentionAnalysis:
         weights = record.weights.float()  # [N, H, Q, K]
         kpm = record.key_padding_mask  # [N, K] or None
         mask = None if kpm is None else kpm[:, None, None, :]  # [N, 1, 1, K]
+        unseen = record.meta.get("query_key_mask")  # [N, 1, Q, K]: keys a query may not see
+        if unseen is not None:
+            unseen = unseen.to(weights.device)
+            mask = unseen if mask is None else mask | unseen
         threshold = _threshold_for(self.modules.get(record.name), self.options)
         values = {
             "gini": gini(weights, mask),

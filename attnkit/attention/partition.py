@@ -176,7 +176,7 @@ class PartitionAttention(AttentionModule):
             need_weights=record,
         )
         if record:
-            self._emit(weights, key_pad, (Hp, Wp), (h, w))
+            self._emit(weights, key_pad, (Hp, Wp), (h, w), regions if (sh or sw) else None)
         out = out.transpose(1, 2).reshape(N, P, C)  # [N, P, C]
         out = self.proj_drop(self.proj(out))
         out = unpartition(out, self.part, self.kind, (Hp, Wp))  # [B, Hp, Wp, C]
@@ -184,15 +184,19 @@ class PartitionAttention(AttentionModule):
             out = torch.roll(out, (sh, sw), dims=(1, 2))
         return out[:, :h, :w] if (pad_h or pad_w) else out
 
-    def _emit(self, weights: torch.Tensor, key_pad: torch.Tensor | None, grid, real) -> None:
+    def _emit(self, weights, key_pad, grid, real, regions=None) -> None:
         """Hand the weights ``[N, H, P, P]`` to the recorder; rows of padded queries are zeroed
-        (their maps are empty, so metrics skip them) and padded keys are marked."""
+        (their maps are empty, so metrics skip them) and padded keys are marked. ``regions``
+        ``[N, 1, P, P]`` (shifted windows): True where a query may not see a key (another region
+        of the rolled map); it goes along as ``meta["query_key_mask"]``, so metrics count a zero
+        only where the query could have attended."""
         if key_pad is not None:
             weights = weights.masked_fill(key_pad[:, None, :, None], 0.0)
         kind = "windows" if self.kind == "block" else "dilated"
         image_grid = None if real == grid else real
         layout = KeyLayout(kind, grid, part=self.part, shift=self.shift, image_grid=image_grid)
-        self.emit(weights, key_grid=self.part, key_padding_mask=key_pad, layout=layout)
+        extra = {} if regions is None else {"query_key_mask": regions}
+        self.emit(weights, key_grid=self.part, key_padding_mask=key_pad, layout=layout, **extra)
 
     def extra_repr(self) -> str:
         name = getattr(self.normalizer, "name", type(self.normalizer).__name__)
