@@ -8,13 +8,16 @@ STAMP := $(VENV)/.attnkit-installed
 PROFILE ?= default
 FAMILY ?=
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): the notebook smoke runs and the CPU-bound tests share the cores.
+TEST_JOBS ?= 2
 
 .PHONY: help venv workbook test test-slow lint format reference-models docs-figures clean
 
 help:
 	@echo "make workbook   set up .venv if needed, then run the workbook (PROFILE=$(PROFILE);"
 	@echo "                every family, or FAMILY=detr[,vit])"
-	@echo "make test       set up .venv if needed, then run the tests (not the slow ones)"
+	@echo "make test       set up .venv if needed, then run the tests (not the slow ones;"
+	@echo "                in TEST_JOBS=2 processes; TEST_JOBS=0: in this process)"
 	@echo "make test-slow  the slow tests too"
 	@echo "make lint       ruff format --check + ruff check"
 	@echo "make format     ruff format + ruff check --fix"
@@ -37,11 +40,11 @@ workbook: $(STAMP)
 
 # pytest exits 5 when it collects no tests: that is a failure here, not a green run.
 test: $(STAMP)
-	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	@$(PY) -m pytest -n $(TEST_JOBS) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -m "" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_JOBS) -m "" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .

@@ -11,6 +11,14 @@ import pytest
 # Before anything imports attnkit or matplotlib (also inherited by notebook kernels we start).
 os.environ.setdefault("ATTNKIT_CACHE", tempfile.mkdtemp(prefix="attnkit-test-cache-"))
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Under pytest-xdist (`make test` runs `-n 2`) the workers share the cores: each worker, and the
+# notebook kernels and subprocesses it starts, gets its share of threads instead of all of them.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_share))
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 REPO = Path(__file__).resolve().parents[1]
 
