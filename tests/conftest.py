@@ -11,6 +11,8 @@ import pytest
 # Before anything imports attnkit or matplotlib (also inherited by notebook kernels we start).
 os.environ.setdefault("ATTNKIT_CACHE", tempfile.mkdtemp(prefix="attnkit-test-cache-"))
 os.environ.setdefault("MPLBACKEND", "Agg")
+# The fused normalizer kernels compile once per machine (~20 s), not once per test session.
+os.environ.setdefault("ATTNKIT_KERNEL_CACHE", str(Path.home() / ".cache" / "attnkit" / "kernels"))
 # Under pytest-xdist (`make test` runs `-n 2`) the workers share the cores: each worker, and the
 # notebook kernels and subprocesses it starts, gets its share of threads instead of all of them.
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:

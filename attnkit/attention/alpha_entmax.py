@@ -8,6 +8,12 @@ the threshold of the row's group maxima, see ``initial_threshold``) reach float 
 bisection needs ~50 passes. The weights are renormalised to sum to
 one. The backward pass is closed form, including the gradient with respect to alpha (so a
 per-head alpha can be learned, Correia et al. 2019).
+
+alpha must lie in [1.01, 2] (:func:`check_alpha`): below, the weights are dense and tend to
+softmax; above 2 the solver's bounds do not hold. Every entry point refuses other values with
+the same error rather than returning wrong weights. On CPU the same exact alpha-entmax runs by
+default in the fused kernel of ``attnkit.attention.kernels``; this PyTorch path is the fallback
+(CUDA, ``ATTNKIT_NO_FUSED=1``, no compiler) and is tested equal to it.
 """
 
 from __future__ import annotations
@@ -26,12 +32,39 @@ from attnkit.attention._threshold import (
     solve_rows,
     tiny,
 )
+from attnkit.attention.kernels.functions import FusedAlphaEntmax, use_fused
 
-__all__ = ["AlphaEntmax", "alpha_entmax", "alpha_entmax_threshold"]
+__all__ = [
+    "ALPHA_MAX",
+    "ALPHA_MIN",
+    "AlphaEntmax",
+    "alpha_entmax",
+    "alpha_entmax_threshold",
+    "check_alpha",
+]
 
 _MAX_STEPS = 100
 ALPHA_MIN = 1.01
 ALPHA_MAX = 2.0
+_ALPHA_SLACK = 1e-6  # float32 rounding of the bounds (1.01 in float32 is 1.00999999)
+
+
+def check_alpha(alpha: float | torch.Tensor) -> None:
+    """Raise ``ValueError`` unless every alpha lies in ``[ALPHA_MIN, ALPHA_MAX] = [1.01, 2]``."""
+    if torch.is_tensor(alpha):
+        values = alpha.detach()
+        if values.numel() == 0:
+            return
+        low, high = values.min().item(), values.max().item()
+    else:
+        low = high = float(alpha)
+    low_ok = low >= ALPHA_MIN - _ALPHA_SLACK  # False for NaN too
+    if not (low_ok and high <= ALPHA_MAX + _ALPHA_SLACK):
+        bad = high if low_ok else low
+        raise ValueError(
+            f"alpha must lie in [{ALPHA_MIN}, {ALPHA_MAX}] for attnkit's alpha-entmax (alpha -> 1"
+            f" is softmax, alpha = 2 is sparsemax), got {bad}"
+        )
 
 
 def alpha_entmax_threshold(
@@ -175,16 +208,30 @@ def _alpha_grad(
     return (g_p - skewed) / scale**2 - (g_plogp - skewed * entropy_term) / scale
 
 
-def alpha_entmax(scores: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+def alpha_entmax(
+    scores: torch.Tensor, alpha: float | torch.Tensor, backend: str = "auto"
+) -> torch.Tensor:
     """Alpha-entmax over the last dim of ``scores [..., K]``.
 
     ``alpha`` is a float or a tensor broadcastable to ``scores[..., :1]`` (e.g. ``[1, H, 1, 1]``
-    for one alpha per head), with values in ``[1.01, 2]``; gradients flow to a tensor alpha.
+    for one alpha per head), with values in ``[1.01, 2]`` (else ``ValueError``); gradients flow
+    to a tensor alpha. ``backend``: ``"auto"`` (the fused kernel on CPU when available),
+    ``"fused"`` or ``"torch"``.
     """
+    check_alpha(alpha)
+    return _alpha_entmax(scores, alpha, backend)
+
+
+def _alpha_entmax(
+    scores: torch.Tensor, alpha: float | torch.Tensor, backend: str = "auto"
+) -> torch.Tensor:
+    """:func:`alpha_entmax` without the range check (for alphas in range by construction)."""
     if not torch.is_tensor(alpha):
         alpha = torch.tensor(float(alpha), dtype=compute_dtype(scores.dtype), device=scores.device)
     if scores.numel() == 0:
         return scores.clone()
+    if use_fused(scores, backend):
+        return FusedAlphaEntmax.apply(scores, alpha)
     return _AlphaEntmaxFunction.apply(scores, alpha)
 
 
@@ -213,8 +260,7 @@ class AlphaEntmax(nn.Module):
         self.num_heads = num_heads
         self.fixed_alpha = None if alpha is None else float(alpha)
         if self.fixed_alpha is not None:
-            if not ALPHA_MIN <= self.fixed_alpha <= ALPHA_MAX:
-                raise ValueError(f"alpha must lie in [{ALPHA_MIN}, {ALPHA_MAX}], got {alpha}")
+            check_alpha(self.fixed_alpha)
             self.pre_alpha = None
             return
         if num_heads is None or num_heads < 1:
@@ -233,14 +279,14 @@ class AlphaEntmax(nn.Module):
         self, scores: torch.Tensor, key_grid: tuple[int, int] | None = None
     ) -> torch.Tensor:
         if self.pre_alpha is None:
-            return alpha_entmax(scores, self.fixed_alpha)
+            return _alpha_entmax(scores, self.fixed_alpha)
         if scores.dim() < 2 or scores.shape[1] != self.num_heads:
             raise ValueError(
                 f"alpha_entmax with {self.num_heads} heads expects scores [B, H={self.num_heads},"
                 f" ..., K], got {tuple(scores.shape)}"
             )
         alpha = self.alpha().view(-1, *([1] * (scores.dim() - 2)))  # [H, 1, ..., 1]
-        return alpha_entmax(scores, alpha)
+        return _alpha_entmax(scores, alpha)  # clamped into range: no check (no host sync)
 
     def extra_repr(self) -> str:
         if self.pre_alpha is None:

@@ -7,7 +7,11 @@ left of the root (from the threshold of the row's group maxima, see ``initial_th
 left of it and the candidate support ``{z / 2 > tau}`` only shrinks. Once the steps are small
 the support is final and ``tau`` is solved exactly on it from ``sum_S (z / 2 - tau)^2 = 1`` (a
 quadratic): keys outside the support get exact zeros. The backward pass is closed form (no
-graph through the iterations)."""
+graph through the iterations).
+
+On CPU the same exact entmax-1.5 runs by default in the fused kernel of
+``attnkit.attention.kernels``; this PyTorch path is the fallback (CUDA, ``ATTNKIT_NO_FUSED=1``,
+no compiler) and is tested equal to it."""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from attnkit.attention._threshold import (
     solve_rows,
     tiny,
 )
+from attnkit.attention.kernels.functions import FusedEntmax15, use_fused
 
 __all__ = ["Entmax15", "entmax15", "entmax15_threshold"]
 
@@ -104,14 +109,17 @@ class _Entmax15Function(torch.autograd.Function):
         return grad_in.to(grad.dtype)
 
 
-def entmax15(scores: torch.Tensor) -> torch.Tensor:
+def entmax15(scores: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     """Entmax-1.5 over the last dim of ``scores [..., K]``.
 
     ``-inf`` entries get exactly zero weight; a row of only ``-inf`` gives zeros (and zero
     gradient). Half-precision input is computed in float32 and returned in its own dtype.
+    ``backend``: ``"auto"`` (the fused kernel on CPU when available), ``"fused"`` or ``"torch"``.
     """
     if scores.numel() == 0:
         return scores.clone()
+    if use_fused(scores, backend):
+        return FusedEntmax15.apply(scores)
     return _Entmax15Function.apply(scores)
 
 

@@ -7,7 +7,11 @@ full sort of the reference implementation, the threshold is found by exact suppo
 Each pass is a Newton step on ``f(tau) = sum (z - tau)_+ - 1`` from the left, so ``tau`` rises
 monotonically to the exact threshold. The start is the threshold of the row's group maxima
 (see ``initial_threshold``), usually already exact, and a row whose weights then sum to one is
-done after a single pass. The backward pass is closed form (no graph through the iterations)."""
+done after a single pass. The backward pass is closed form (no graph through the iterations).
+
+On CPU the same exact sparsemax runs by default in the fused kernel of
+``attnkit.attention.kernels`` (one or two passes per row held in cache); this PyTorch path is the
+fallback (CUDA, ``ATTNKIT_NO_FUSED=1``, no compiler) and is tested equal to it."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import torch
 from torch import nn
 
 from attnkit.attention._threshold import Workspace, initial_threshold, shift_by_max, solve_rows
+from attnkit.attention.kernels.functions import FusedSparsemax, use_fused
 
 __all__ = ["Sparsemax", "sparsemax", "sparsemax_threshold"]
 
@@ -86,14 +91,17 @@ class _SparsemaxFunction(torch.autograd.Function):
         return grad_in.addcmul_(on_support, mean, value=-1.0).to(grad.dtype)
 
 
-def sparsemax(scores: torch.Tensor) -> torch.Tensor:
+def sparsemax(scores: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     """Sparsemax over the last dim of ``scores [..., K]``.
 
     ``-inf`` entries get exactly zero weight; a row of only ``-inf`` gives zeros (and zero
     gradient). Half-precision input is computed in float32 and returned in its own dtype.
+    ``backend``: ``"auto"`` (the fused kernel on CPU when available), ``"fused"`` or ``"torch"``.
     """
     if scores.numel() == 0:
         return scores.clone()
+    if use_fused(scores, backend):
+        return FusedSparsemax.apply(scores)
     return _SparsemaxFunction.apply(scores)
 
 

@@ -8,6 +8,13 @@ memory of each, and the ratios. Scores are ``randn * sigma`` in two regimes, ``i
 (sigma 0.15: sparsemax keeps ~2% of 850 keys, like a randomly initialised DETR) and ``trained``
 (sigma 1.0: supports of a handful of keys). Nothing here asserts a time.
 
+``--shapes detr,window,pixels`` times the shapes the model families use (DETR cross-attention
+2x8x100x850, Swin / MaxViT windows 256x3x49x49, self-attention over 16x16 pixels 16x9x256x256)
+and ``--threads 1,2`` repeats the table per torch thread count. The ``target`` column checks
+the goals of issue 16: package / attnkit >= 8 and attnkit / softmax <= 2.5 (sparsemax,
+entmax-1.5) or <= 6 (alpha-entmax).
+
+    attnkit bench normalizers --shapes detr,window,pixels --threads 1,2
     python benchmarks/normalizers.py [--quick] [--repeats 20] [--shape 2,8,100,850]
     attnkit bench normalizers --ks 64,256,1024,4096
 """
@@ -16,18 +23,24 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from attnkit.attention.alpha_entmax import alpha_entmax
 from attnkit.attention.entmax15 import entmax15
+from attnkit.attention.kernels import fused_ops
 from attnkit.attention.sparsemax import sparsemax
 from attnkit.bench.memory import PeakBytes
 
 REGIMES = {"init": 0.15, "trained": 1.0}
+SHAPES = {"detr": (2, 8, 100, 850), "window": (256, 3, 49, 49), "pixels": (16, 9, 256, 256)}
+# Goals of issue 16: (package / attnkit at least, attnkit / softmax at most).
+TARGETS = {"sparsemax": (8.0, 2.5), "entmax15": (8.0, 2.5), "alpha_entmax": (8.0, 6.0)}
 # One alpha per head for alpha-entmax (broadcast over dim 1), spread over the useful range.
 HEAD_ALPHAS = (1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.9)
 
@@ -104,44 +117,48 @@ def _parse_ints(text: str) -> list[int]:
     return [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="attnkit bench normalizers",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--repeats", type=int, default=20, help="timed rounds per cell (max)")
-    parser.add_argument("--shape", default="2,8,100,850", help="B,H,Q,K of the main shape")
-    parser.add_argument("--ks", default="64,256,1024,4096", help="K values of the sweep")
-    parser.add_argument("--quick", action="store_true", help="main shape only, <= 10 rounds")
-    parser.add_argument("--regimes", default="init,trained", help=f"of {', '.join(REGIMES)}")
-    parser.add_argument("--budget", type=float, default=4.0, help="seconds per cell (soft)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--no-memory", action="store_true", help="skip the memory column")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    args = parser.parse_args(argv)
+def _parse_shapes(text: str) -> list[tuple[int, ...]]:
+    """Named shapes (``detr``, ``window``, ``pixels``) or ``BxHxQxK``, comma separated."""
+    shapes = []
+    for item in (v.strip() for v in text.split(",") if v.strip()):
+        shape = SHAPES.get(item) or tuple(_parse_ints(item))
+        if len(shape) != 4:
+            raise ValueError(f"unknown shape {item!r}: use {', '.join(SHAPES)} or BxHxQxK")
+        shapes.append(shape)
+    return shapes
 
-    device = torch.device(args.device)
-    main_shape = _parse_ints(args.shape)
-    if len(main_shape) != 4:
-        parser.error("--shape must be B,H,Q,K")
-    repeats = min(args.repeats, 10) if args.quick else args.repeats
-    shapes = [tuple(main_shape)]
-    if not args.quick:
-        shapes += [(2, 8, 100, k) for k in _parse_ints(args.ks) if k != main_shape[3]]
-    regimes = [r.strip() for r in args.regimes.split(",") if r.strip()]
-    unknown = [r for r in regimes if r not in REGIMES]
-    if unknown:
-        parser.error(f"unknown regime(s) {unknown}; choose from {sorted(REGIMES)}")
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _target(name: str, ms: dict[str, float]) -> str:
+    """'met' when both goals of issue 16 hold for this row, else which one misses."""
+    min_speedup, max_cost = TARGETS[name]
+    misses = []
+    if ms["pkg"] / ms["ak"] < min_speedup:
+        misses.append("pkg")
+    if ms["ak"] / ms["sm"] > max_cost:
+        misses.append("sm")
+    return "met" if not misses else "miss:" + "+".join(misses)
+
+
+def _table(args, device: torch.device, shapes, regimes: list[str], repeats: int) -> None:
+    """Print the table of one thread count (see the module docstring)."""
     memory_kind = "cuda max_memory_allocated" if device.type == "cuda" else "live tensor storages"
-    if args.threads:
-        torch.set_num_threads(args.threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    kernels = "fused CPU kernels" if device.type == "cpu" and fused_ops() else "PyTorch path"
     print(
         f"attnkit normalizers vs entmax package vs softmax | torch {torch.__version__}, "
-        f"{device}, {torch.get_num_threads()} threads (load average {load:.1f} at start), "
-        f"float32, forward+backward, median of <= {repeats} interleaved rounds"
+        f"{device} ({_cpu_name() if device.type == 'cpu' else torch.cuda.get_device_name()}), "
+        f"{torch.get_num_threads()} threads (load average {load:.1f} at start), float32, "
+        f"forward+backward, median of <= {repeats} interleaved rounds; attnkit: {kernels}"
     )
     print(
         "scores = randn(B,H,Q,K) * sigma: "
@@ -156,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"{'normalizer':<13}{'regime':<8}{'shape':<18}{'attnkit ms':>11}{'package ms':>11}"
         f"{'softmax ms':>11}{'pkg/ak':>8}{'ak/sm':>7}{'best':>6}{'ak MiB':>8}{'pkg MiB':>8}"
-        f"{'sm MiB':>8}{'zeros':>7}"
+        f"{'sm MiB':>8}{'zeros':>7}{'target':>13}"
     )
     print(header)
     print("-" * len(header))
@@ -185,9 +202,57 @@ def main(argv: list[str] | None = None) -> int:
                     f"{ms['pkg']:>11.2f}{ms['sm']:>11.2f}{ms['pkg'] / ms['ak']:>8.1f}"
                     f"{ms['ak'] / ms['sm']:>7.1f}{best['pkg'] / best['ak']:>6.1f}"
                     f"{mem['ak']:>8.1f}{mem['pkg']:>8.1f}"
-                    f"{mem['sm']:>8.1f}{zeros:>7.3f}",
+                    f"{mem['sm']:>8.1f}{zeros:>7.3f}{_target(name, ms):>13}",
                     flush=True,
                 )
+    print()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="attnkit bench normalizers",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--repeats", type=int, default=20, help="timed rounds per cell (max)")
+    parser.add_argument("--shape", default="2,8,100,850", help="B,H,Q,K of the main shape")
+    parser.add_argument("--ks", default="64,256,1024,4096", help="K values of the sweep")
+    parser.add_argument("--quick", action="store_true", help="main shape only, <= 10 rounds")
+    parser.add_argument("--regimes", default="init,trained", help=f"of {', '.join(REGIMES)}")
+    parser.add_argument("--budget", type=float, default=4.0, help="seconds per cell (soft)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory column")
+    parser.add_argument(
+        "--threads", default="0", help="torch thread counts, e.g. 1,2 (0: torch's default)"
+    )
+    parser.add_argument(
+        "--shapes", default="", help=f"shapes to time instead of --shape/--ks: {', '.join(SHAPES)}"
+    )
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    main_shape = _parse_ints(args.shape)
+    if len(main_shape) != 4:
+        parser.error("--shape must be B,H,Q,K")
+    repeats = min(args.repeats, 10) if args.quick else args.repeats
+    shapes = [tuple(main_shape)]
+    if args.shapes:
+        try:
+            shapes = _parse_shapes(args.shapes)
+        except ValueError as exc:
+            parser.error(str(exc))
+    elif not args.quick:
+        shapes += [(2, 8, 100, k) for k in _parse_ints(args.ks) if k != main_shape[3]]
+    threads = _parse_ints(args.threads) or [0]
+    regimes = [r.strip() for r in args.regimes.split(",") if r.strip()]
+    unknown = [r for r in regimes if r not in REGIMES]
+    if unknown:
+        parser.error(f"unknown regime(s) {unknown}; choose from {sorted(REGIMES)}")
+
+    for count in threads:
+        if count:
+            torch.set_num_threads(count)
+        _table(args, device, shapes, regimes, repeats)
     return 0
 
 

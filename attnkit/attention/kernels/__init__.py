@@ -1,0 +1,15 @@
+"""Fused CPU kernels of the sparse normalizers (sparsemax, entmax-1.5, alpha-entmax).
+
+``sparse_rows.cpp`` solves each row of the scores in one or two passes held in cache, forward
+and backward; it is compiled on first use and cached (see ``_build``). The normalizer modules
+call it through the autograd functions of ``functions`` for CPU tensors and keep their
+PyTorch path for CUDA, for ``ATTNKIT_NO_FUSED=1``, and when the kernels cannot be built.
+"""
+
+from attnkit.attention.kernels._build import FUSED_ENV as FUSED_ENV
+from attnkit.attention.kernels._build import KERNEL_CACHE_ENV as KERNEL_CACHE_ENV
+from attnkit.attention.kernels._build import fused_disabled as fused_disabled
+from attnkit.attention.kernels._build import fused_ops as fused_ops
+from attnkit.attention.kernels._build import kernel_cache_dir as kernel_cache_dir
+from attnkit.attention.kernels.functions import BACKENDS as BACKENDS
+from attnkit.attention.kernels.functions import use_fused as use_fused

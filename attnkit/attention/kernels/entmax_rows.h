@@ -1,0 +1,271 @@
+// Alpha-entmax forward of one row (part of sparse_rows.cpp).
+//
+// p = (x - tau)_+^beta with x = (alpha - 1) (z - max z), beta = 1 / (alpha - 1) and tau such
+// that p sums to one. tau solves ||(x - tau)_+||_beta = 1, a convex decreasing function of tau,
+// so Newton steps from the left stay left of the root and converge quadratically; a bracket
+// [lo, hi] catches the steps that rounding throws off (they bisect instead).
+//   1. Start: the largest of three lower bounds: -1, the power-mean bound of the row, and the
+//      threshold of its 32 lane maxima (fewer keys, lower threshold; usually close).
+//   2. Newton passes over the row; each stores e = g^(beta - 1) per key, g = (x - tau)_+.
+//   3. Once the next step d is small (beta |d| <= 1e-3 in float32 rows), the weights at
+//      tau + d follow from e to second order, e (g - beta d + beta (beta - 1) d^2 / 2g) / mass,
+//      with the slope p^(2 - alpha) = p mass^(alpha - 1) / (g - d) for the backward pass.
+// Float32 rows compute the powers in float, 8 lanes, of the gap carried to double precision
+// (x - tau rounded, plus its rounding error from an exact product and sum): a weight p is then
+// off by about |ln p| 1e-7 relatively, whatever beta. Float64 rows compute in double.
+
+#pragma once
+
+namespace {
+
+using attnkit_fastmath::exp_d;
+using attnkit_fastmath::exp_f;
+using attnkit_fastmath::log_d;
+using attnkit_fastmath::log_f;
+using attnkit_fastmath::pow_d;
+using attnkit_fastmath::vdouble;
+using attnkit_fastmath::vfloat;
+using attnkit_lanes::lanes_sum;
+using attnkit_lanes::load;
+
+struct PowerSums {
+  double mass = 0.0, deriv = 0.0;  // sum g^beta and sum g^(beta - 1), g = (x - tau)_+
+  double low = 0.0, high = 0.0;    // min g > 0 and max g <= 0 (the keys nearest tau)
+  double curv = 0.0;               // max g^(beta - 3) over the support
+  double bend = 0.0, bend3 = 0.0;  // sums of g^(beta - 2) and g^(beta - 3)
+};
+
+// PowerSums over a padded float64 row; with Store, e[i] = g_i^(beta - 1) (0 off the support).
+template <bool Store>
+PowerSums power_pass(const double* z, int64_t kp, double m, double scale, double tau,
+                     double beta_m1, double* e) {
+  const vdouble zero = {}, one = zero + 1.0, big = zero + 1e300;
+  vdouble ms[2] = {zero, zero}, dv[2] = {zero, zero}, lo[2] = {big, big}, hi[2] = {-big, -big};
+  vdouble cv[2] = {zero, zero}, bd[2] = {zero, zero}, b3[2] = {zero, zero};
+  for (int64_t i = 0; i < kp; i += 8) {
+    for (int j = 0; j < 2; ++j) {
+      const vdouble g = scale * (load(z + i + 4 * j) - m) - tau;
+      const auto in = g > kTiny;
+      const vdouble safe = in ? g : one;
+      const vdouble ei = in ? exp_d<true>(beta_m1 * log_d<true>(safe)) : zero;
+      if (Store) std::memcpy(e + i + 4 * j, &ei, sizeof ei);
+      ms[j] += ei * (in ? g : zero);  // not 0 * -inf at the padding
+      dv[j] += ei;
+      lo[j] = attnkit_lanes::vmin(lo[j], in ? g : big);
+      hi[j] = attnkit_lanes::vmax(hi[j], in ? -big : g);
+      const vdouble ei_g = ei / safe, ei_g2 = ei_g / safe;
+      bd[j] += ei_g;
+      b3[j] += ei_g2;
+      cv[j] = attnkit_lanes::vmax(cv[j], ei_g2);
+    }
+  }
+  return {lanes_sum<double>(ms[0] + ms[1]), lanes_sum<double>(dv[0] + dv[1]),
+          attnkit_lanes::lanes_min<double>(attnkit_lanes::vmin(lo[0], lo[1])),
+          attnkit_lanes::lanes_max<double>(attnkit_lanes::vmax(hi[0], hi[1])),
+          attnkit_lanes::lanes_max<double>(attnkit_lanes::vmax(cv[0], cv[1])),
+          lanes_sum<double>(bd[0] + bd[1]), lanes_sum<double>(b3[0] + b3[1])};
+}
+
+// PowerSums over a padded float32 row, powers in float of the compensated gap.
+template <bool Store>
+PowerSums power_pass(const float* z, int64_t kp, float m, double scale, double tau,
+                     double beta_m1, float* e) {
+  const float sc = static_cast<float>(scale);  // exact: alpha is a float in [1, 2]
+  const float t_hi = static_cast<float>(tau), t_lo = static_cast<float>(tau - t_hi);
+  const float bm = static_cast<float>(beta_m1);
+  const vfloat zero = {}, one = zero + 1.0f, big = zero + 1e30f;
+  vfloat ms[2] = {zero, zero}, dv[2] = {zero, zero}, lo[2] = {big, big}, hi[2] = {-big, -big};
+  vfloat cv[2] = {zero, zero}, bd[2] = {zero, zero}, b3[2] = {zero, zero};
+  for (int64_t i = 0; i < kp; i += 16) {
+    for (int j = 0; j < 2; ++j) {
+      const vfloat v = load(z + i + 8 * j) - m;
+      const vfloat x = sc * v;
+      const vfloat x_err = sc * v - x;  // exact where the product contracts to an FMA
+      const vfloat g = x - t_hi;         // g + (x_err + sum_err - t_lo) is x - tau
+      const vfloat back = g - x;
+      const vfloat sum_err = (x - (g - back)) - (t_hi + back);  // TwoSum
+      const auto in = g > 1e-30f;
+      const vfloat inv = 1.0f / (in ? g : one);
+      const vfloat lg = log_f(in ? g : one) + ((x_err + sum_err) - t_lo) * inv;
+      const vfloat ei = in ? exp_f(bm * lg) : zero;
+      if (Store) std::memcpy(e + i + 8 * j, &ei, sizeof ei);
+      ms[j] += ei * (in ? g : zero);
+      dv[j] += ei;
+      lo[j] = attnkit_lanes::vmin(lo[j], in ? g : big);
+      hi[j] = attnkit_lanes::vmax(hi[j], in ? -big : g);
+      const vfloat ei_g = ei * inv, ei_g2 = ei_g * inv;
+      bd[j] += ei_g;
+      b3[j] += ei_g2;
+      cv[j] = attnkit_lanes::vmax(cv[j], ei_g2);
+    }
+  }
+  return {lanes_sum<float>(ms[0] + ms[1]), lanes_sum<float>(dv[0] + dv[1]),
+          attnkit_lanes::lanes_min<float>(attnkit_lanes::vmin(lo[0], lo[1])),
+          attnkit_lanes::lanes_max<float>(attnkit_lanes::vmax(hi[0], hi[1])),
+          attnkit_lanes::lanes_max<float>(attnkit_lanes::vmax(cv[0], cv[1])),
+          lanes_sum<float>(bd[0] + bd[1]), lanes_sum<float>(b3[0] + b3[1])};
+}
+
+// The Newton step on ||.||_beta - 1 at tau (tau + step), or a bisection of the updated
+// bracket when the step leaves it.
+inline double newton_next(double tau, const PowerSums& ps, double scale, double& lo,
+                          double& hi) {
+  if (ps.mass >= 1.0) {
+    lo = std::max(lo, tau);
+  } else {
+    hi = std::min(hi, tau);
+  }
+  if (!(ps.mass > 0.0)) return 0.5 * (lo + hi);
+  const double next =
+      tau + (ps.mass - pow_d(ps.mass, 1.0 - scale)) / std::max(ps.deriv, kTiny);
+  return next >= lo && next <= hi ? next : 0.5 * (lo + hi);
+}
+
+// Passes from tau until the threshold is tau + d for a small step d, where the weights follow
+// from e to second order (see weights_at). Far from the root a pass takes a Newton step on the
+// beta-norm; once no key would enter or leave the support, the step solves instead the
+// second-order model sum e (g - beta d + beta (beta - 1) d^2 / 2g) = 1 (cubic convergence),
+// and it is the last when the third-order terms it leaves out, in the threshold and in a
+// weight, are below tol (or beta |d| is at the rounding level, floor). Returns tau; ps and
+// step are those of the last pass.
+template <bool Store, typename T>
+double newton_solve(const T* z, int64_t kp, T m, double scale, double tau, double tol,
+                    double floor, double& lo, double& hi, T* e, PowerSums& ps, double& step) {
+  const double beta_m1 = 1.0 / scale - 1.0, beta = beta_m1 + 1.0;
+  const double third = std::abs(beta * beta_m1 * (beta - 2.0)) / 6.0;
+  for (int it = 0; it < kMaxSteps; ++it) {
+    ps = power_pass<Store>(z, kp, m, scale, tau, beta_m1, e);
+    step = newton_next(tau, ps, scale, lo, hi) - tau;
+    if (beta * std::abs(step) <= floor) break;
+    if (step > ps.high && 2.0 * std::abs(step) < ps.low) {
+      const double slope = beta * ps.deriv, bend = beta * beta_m1 * ps.bend;
+      const double disc = slope * slope - 2.0 * bend * (ps.mass - 1.0);
+      if (bend > 0.0 && disc >= 0.0) step = (ps.mass - 1.0) * 2.0 / (slope + std::sqrt(disc));
+      const double size = std::abs(step), cube = size * size * size;
+      const double tau_error = third * ps.bend3 * cube / std::max(slope, kTiny);
+      const double weight_error = third * ps.curv * cube / std::max(ps.mass, kTiny);
+      if (step > ps.high && 2.0 * size < ps.low &&
+          std::max(beta * tau_error * ps.bend / std::max(ps.deriv, kTiny), weight_error) <= tol) {
+        break;
+      }
+    }
+    tau += step;
+  }
+  return tau;
+}
+
+// Weights at tau + d from e (see the top), and the slope; V is float, double or a vector.
+template <typename V, typename T>
+inline void weights_at(V v, V e, double scale, double tau, double d, double beta,
+                       double half_curv, double inv_mass, double slope_scale, V& p, V& s) {
+  const V zero = V{};
+  const V g = static_cast<T>(scale) * v - static_cast<T>(tau);
+  const V gap = g - static_cast<T>(d);
+  const auto in = gap > static_cast<T>(1e-30);
+  const V safe = in ? g : zero + T(1);
+  const V pu = e * (g - static_cast<T>(beta * d) + static_cast<T>(half_curv) / safe);
+  p = in ? pu * static_cast<T>(inv_mass) : zero;
+  s = in ? p * static_cast<T>(slope_scale) / (in ? gap : zero + T(1)) : zero;
+}
+
+// Alpha-entmax of z[0:k] into out (and slope unless null); buf and e: scratch of padded(k).
+template <typename T>
+void entmax_row(const T* z, int64_t k, double alpha, T* out, T* slope, T* buf, T* e) {
+  using V = typename attnkit_lanes::Vec<T>::type;
+  constexpr int W = attnkit_lanes::Vec<T>::size;
+  constexpr int L = attnkit_lanes::kMaxLanes;
+  attnkit_lanes::load_row(z, k, buf);
+  const int64_t kp = attnkit_lanes::padded(k);
+  T lane_max[L];
+  const T m = attnkit_lanes::lane_maxima(buf, kp, lane_max);
+  if (m == -attnkit_lanes::inf<T>()) {
+    std::fill(out, out + k, T(0));
+    if (slope != nullptr) std::fill(slope, slope + k, T(0));
+    return;
+  }
+  const double scale = alpha - 1.0, beta = 1.0 / scale;
+  // 1. Lower bounds: power means of the row and of the lane maxima, the lane maxima's root.
+  // Power-mean bound mean(x) - n^(1 - alpha) over the n finite keys of x[0:kp].
+  const auto power_mean = [&](const T* x, int64_t kp_x, double& n) {
+    const V ninf = attnkit_lanes::splat(-attnkit_lanes::inf<T>()), zero = V{};
+    V sum = zero, count = zero;
+    for (int64_t i = 0; i < kp_x; i += W) {
+      const V xi = load(x + i);
+      const auto finite = xi > ninf;
+      sum += finite ? xi - m : zero;
+      count += finite ? zero + T(1) : zero;
+    }
+    n = lanes_sum<T>(count);
+    return scale * lanes_sum<T>(sum) / n - pow_d(n, -scale);
+  };
+  double n_row = 0.0, n_sub = 0.0;  // finite keys (not k: masked keys must not change the path)
+  const double lo_row = power_mean(buf, kp, n_row);
+  double lo_sub = std::max(-1.0, power_mean(lane_max, L, n_sub)), hi = 0.0, d = 0.0;
+  PowerSums ps;
+  double tau_sub = lo_sub;
+  if (n_row > 2 * L) {  // short rows skip the lane maxima: their passes cost as much
+    tau_sub = newton_solve<false>(lane_max, L, m, scale, lo_sub, 1e-3, 1e-3, lo_sub, hi, e, ps,
+                                  d) + d;
+  }
+  double lo = std::max({-1.0, lo_row, lo_sub});
+  // 2. Newton on the row (storing e) until the step is small; 3. the weights at tau + d.
+  hi = 0.0;
+  const bool single = std::is_same<T, float>::value;
+  const double tau = newton_solve<true>(buf, kp, m, scale, std::max(tau_sub, lo),
+                                        single ? 1e-8 : 1e-18, single ? 1e-7 : 1e-14, lo, hi, e,
+                                        ps, d);
+  const double half_curv = 0.5 * beta * (beta - 1.0) * d * d;
+  // Sum of the unnormalised weights (second order), in the layout of the other passes.
+  V acc = V{};
+  for (int64_t i = 0; i < kp; i += W) {
+    V p, s;
+    weights_at<V, T>(load(buf + i) - m, load(e + i), scale, tau, d, beta, half_curv, 1.0, 1.0,
+                     p, s);
+    acc += p;
+  }
+  const double mass = std::max(static_cast<double>(lanes_sum<T>(acc)), kTiny);
+  const double inv_mass = 1.0 / mass, slope_scale = pow_d(mass, scale);  // mass^(alpha - 1)
+  // Keys near the threshold, where the expansion's third-order term t = third (d / g)^3,
+  // relative to p, moves the slope s = p^(2 - alpha) = g^(beta - 1) by (2 - alpha) s t =
+  // (2 - alpha) third d^3 g^(beta - 4) > 1e-8 (only possible for beta < 4): their p and s are
+  // computed exactly, in double (rare: few keys sit that close).
+  const double third = std::abs(beta * (beta - 1.0) * (beta - 2.0)) / 6.0;
+  const double d3 = std::abs(d * d * d);
+  const double near = beta < 4.0 && third * d3 > 0.0
+                          ? pow_d((1.0 - scale) * third * d3 * 1e8, 1.0 / (4.0 - beta))
+                          : 0.0;
+  const auto exact_at = [&](int64_t j) {
+    const double gap = scale * static_cast<double>(z[j] - m) - tau - d;
+    const double p = gap > kTiny ? pow_d(gap, beta) * inv_mass : 0.0;
+    out[j] = static_cast<T>(p);
+    if (slope != nullptr) slope[j] = static_cast<T>(gap > kTiny ? p * slope_scale / gap : 0.0);
+  };
+  const bool any_near = ps.low < near;
+  int64_t i = 0;
+  for (; i + W <= k; i += W) {
+    V p, s;
+    const V v = load(z + i) - m;
+    weights_at<V, T>(v, load(e + i), scale, tau, d, beta, half_curv, inv_mass, slope_scale, p, s);
+    std::memcpy(out + i, &p, sizeof p);
+    if (slope != nullptr) std::memcpy(slope + i, &s, sizeof s);
+    if (any_near) {
+      const V g = static_cast<T>(scale) * v - static_cast<T>(tau);
+      const V flag = (g > T(0)) & (g < static_cast<T>(near)) ? V{} + T(1) : V{};
+      if (lanes_sum<T>(flag) > 0) {
+        for (int l = 0; l < W; ++l) {
+          if (flag[l] > 0) exact_at(i + l);
+        }
+      }
+    }
+  }
+  for (; i < k; ++i) {
+    T p, s;
+    weights_at<T, T>(z[i] - m, e[i], scale, tau, d, beta, half_curv, inv_mass, slope_scale, p, s);
+    out[i] = p;
+    if (slope != nullptr) slope[i] = s;
+    const double g = scale * static_cast<double>(z[i] - m) - tau;
+    if (any_near && g > 0.0 && g < near) exact_at(i);
+  }
+}
+
+}  // namespace

@@ -1,0 +1,120 @@
+"""Autograd functions over the fused CPU kernels, and the choice between them and PyTorch.
+
+Each function flattens the scores to contiguous rows ``[N, K]`` in the compute dtype (float32
+for half precision, as the PyTorch path), runs the kernel's forward, and saves what the
+kernel's closed-form backward needs: the weights (sparsemax, entmax-1.5: the Jacobian's
+diagonal is 1 or sqrt(p) on the support) or the weights and ``p ** (2 - alpha)`` (alpha-entmax,
+whose kernel also returns the per-row gradient of alpha).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from attnkit.attention.kernels._build import fused_ops
+
+__all__ = ["BACKENDS", "FusedAlphaEntmax", "FusedEntmax15", "FusedSparsemax", "use_fused"]
+
+BACKENDS = ("auto", "fused", "torch")
+_FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def use_fused(scores: torch.Tensor, backend: str = "auto") -> bool:
+    """Whether a normalizer should run the fused kernel on ``scores``.
+
+    ``backend``: ``"auto"`` (the kernel for CPU tensors of float dtypes when it is available,
+    else PyTorch), ``"fused"`` (the kernel or an error) or ``"torch"`` (the PyTorch path).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "torch":
+        return False
+    eligible = scores.device.type == "cpu" and scores.dtype in _FUSED_DTYPES
+    if backend == "auto":
+        return eligible and fused_ops() is not None
+    if not eligible:
+        raise ValueError(
+            f"the fused kernels take CPU float tensors, got {scores.dtype} on {scores.device}"
+        )
+    if fused_ops() is None:
+        raise RuntimeError(
+            "the fused kernels are unavailable (ATTNKIT_NO_FUSED is set or the build failed)"
+        )
+    return True
+
+
+def _rows(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t.to(dtype).reshape(-1, t.shape[-1]).contiguous()  # [N, K]
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+class FusedSparsemax(torch.autograd.Function):
+    """Sparsemax over the last dim by the fused kernel."""
+
+    @staticmethod
+    def forward(ctx, scores: torch.Tensor) -> torch.Tensor:
+        out = fused_ops().sparsemax_forward(_rows(scores, _compute_dtype(scores.dtype)))
+        ctx.save_for_backward(out)
+        ctx.scores_dtype = scores.dtype
+        return out.view(scores.shape).to(scores.dtype)
+
+    @staticmethod
+    @once_differentiable  # the kernels' backward is not itself differentiable
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (out,) = ctx.saved_tensors
+        grad_in = fused_ops().sparsemax_backward(out, _rows(grad, out.dtype))
+        return grad_in.view(grad.shape).to(ctx.scores_dtype)
+
+
+class FusedEntmax15(torch.autograd.Function):
+    """Entmax-1.5 over the last dim by the fused kernel."""
+
+    @staticmethod
+    def forward(ctx, scores: torch.Tensor) -> torch.Tensor:
+        out = fused_ops().entmax15_forward(_rows(scores, _compute_dtype(scores.dtype)))
+        ctx.save_for_backward(out)
+        ctx.scores_dtype = scores.dtype
+        return out.view(scores.shape).to(scores.dtype)
+
+    @staticmethod
+    @once_differentiable  # the kernels' backward is not itself differentiable
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (out,) = ctx.saved_tensors
+        grad_in = fused_ops().entmax15_backward(out, _rows(grad, out.dtype))
+        return grad_in.view(grad.shape).to(ctx.scores_dtype)
+
+
+class FusedAlphaEntmax(torch.autograd.Function):
+    """Alpha-entmax over the last dim by the fused kernel; ``alpha`` broadcasts to
+    ``scores[..., :1]`` and gets a gradient (summed over the rows that share it)."""
+
+    @staticmethod
+    def forward(ctx, scores: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        dtype = _compute_dtype(scores.dtype)
+        # One alpha per row, exactly as the compute dtype holds it (float32 for float32 rows).
+        alpha_rows = alpha.detach().to(dtype).expand(*scores.shape[:-1], 1)
+        alpha_rows = alpha_rows.to(torch.float64).reshape(-1).contiguous()  # [N]
+        want_slope = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        out, slope = fused_ops().entmax_forward(_rows(scores, dtype), alpha_rows, want_slope)
+        ctx.save_for_backward(out, slope, alpha_rows)
+        ctx.scores_dtype, ctx.alpha_dtype = scores.dtype, alpha.dtype
+        ctx.alpha_shape, ctx.row_shape = alpha.shape, (*scores.shape[:-1], 1)
+        return out.view(scores.shape).to(scores.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        out, slope, alpha_rows = ctx.saved_tensors
+        want_alpha = ctx.needs_input_grad[1]
+        grad_in, grad_alpha_rows = fused_ops().entmax_backward(
+            out, slope, _rows(grad, out.dtype), alpha_rows, want_alpha
+        )
+        grad_alpha = None
+        if want_alpha:
+            grad_alpha = grad_alpha_rows.view(ctx.row_shape).sum_to_size(ctx.alpha_shape)
+            grad_alpha = grad_alpha.to(ctx.alpha_dtype)
+        return grad_in.view(grad.shape).to(ctx.scores_dtype), grad_alpha
