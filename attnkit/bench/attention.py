@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from attnkit.attention.mixers import map_attention
-from attnkit.bench.memory import PeakBytes
+from attnkit.bench.memory import step_peak_mib
 from attnkit.bench.models import count_flops, machine_info, machine_line, pick_device
 
 COMPLEXITY = {
@@ -54,16 +54,7 @@ def _step(layer: nn.Module, x: torch.Tensor) -> None:
 
 
 def _peak_mib(layer: nn.Module, x: torch.Tensor) -> float:
-    if x.device.type == "cuda":
-        torch.cuda.synchronize(x.device)
-        base = torch.cuda.memory_allocated(x.device)
-        torch.cuda.reset_peak_memory_stats(x.device)
-        _step(layer, x)
-        torch.cuda.synchronize(x.device)
-        return (torch.cuda.max_memory_allocated(x.device) - base) / 2**20
-    with PeakBytes([x, *layer.parameters()]) as tracker:
-        _step(layer, x)
-    return tracker.peak / 2**20
+    return step_peak_mib(lambda: _step(layer, x), [x, *layer.parameters()], x.device)
 
 
 def measure(layer: nn.Module, side: int, dim: int, batch: int, repeats: int, device) -> dict:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from attnkit.bench.maxvit import time_interleaved
-from attnkit.bench.memory import PeakBytes
+from attnkit.bench.memory import step_peak_mib
 from attnkit.bench.models import count_flops, machine_info, machine_line, pick_device
 from attnkit.config import load_config
 from attnkit.errors import ConfigError
@@ -77,16 +77,8 @@ def _step(model: nn.Module, images: torch.Tensor) -> None:
 
 def peak_mib(model: nn.Module, images: torch.Tensor) -> float:
     """Peak memory of one training step beyond the weights and the input, MiB."""
-    if images.device.type == "cuda":
-        torch.cuda.synchronize(images.device)
-        base = torch.cuda.memory_allocated(images.device)
-        torch.cuda.reset_peak_memory_stats(images.device)
-        _step(model, images)
-        torch.cuda.synchronize(images.device)
-        return (torch.cuda.max_memory_allocated(images.device) - base) / 2**20
-    with PeakBytes([images, *model.parameters(), *model.buffers()]) as tracker:
-        _step(model, images)
-    return tracker.peak / 2**20
+    tracked = [images, *model.parameters(), *model.buffers()]
+    return step_peak_mib(lambda: _step(model, images), tracked, images.device)
 
 
 def format_table(rows: dict[str, dict]) -> str:

@@ -9,7 +9,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-__all__ = ["PeakBytes"]
+__all__ = ["PeakBytes", "step_peak_mib"]
 
 
 class PeakBytes(TorchDispatchMode):
@@ -44,3 +44,19 @@ class PeakBytes(TorchDispatchMode):
             self.peak = max(self.peak, self.live)
             weakref.finalize(storage, self._release, key, storage.nbytes())
         return out
+
+
+def step_peak_mib(step, tracked: list[torch.Tensor], device: torch.device) -> float:
+    """Peak MiB of one call of ``step()`` beyond what is already allocated: CUDA's allocator on
+    a GPU; on the CPU the storages created while it runs, ``tracked`` (inputs, weights) left
+    out."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    with PeakBytes(tracked) as tracker:
+        step()
+    return tracker.peak / 2**20
