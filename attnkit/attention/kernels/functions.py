@@ -52,40 +52,29 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-class FusedSparsemax(torch.autograd.Function):
-    """Sparsemax over the last dim by the fused kernel."""
+def _fused_map(op: str, doc: str) -> type[torch.autograd.Function]:
+    """The autograd function of a parameter-free fused map ``op`` (``sparsemax``,
+    ``entmax15``): ``torch.ops.<ns>.<op>_forward(rows)`` and ``<op>_backward(out, grad)``."""
 
-    @staticmethod
     def forward(ctx, scores: torch.Tensor) -> torch.Tensor:
-        out = fused_ops().sparsemax_forward(_rows(scores, _compute_dtype(scores.dtype)))
+        kernel = getattr(fused_ops(), f"{op}_forward")
+        out = kernel(_rows(scores, _compute_dtype(scores.dtype)))  # [N, K]
         ctx.save_for_backward(out)
         ctx.scores_dtype = scores.dtype
         return out.view(scores.shape).to(scores.dtype)
 
-    @staticmethod
     @once_differentiable  # the kernels' backward is not itself differentiable
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (out,) = ctx.saved_tensors
-        grad_in = fused_ops().sparsemax_backward(out, _rows(grad, out.dtype))
+        grad_in = getattr(fused_ops(), f"{op}_backward")(out, _rows(grad, out.dtype))
         return grad_in.view(grad.shape).to(ctx.scores_dtype)
 
+    members = {"forward": staticmethod(forward), "backward": staticmethod(backward), "__doc__": doc}
+    return type(f"Fused_{op}", (torch.autograd.Function,), members)
 
-class FusedEntmax15(torch.autograd.Function):
-    """Entmax-1.5 over the last dim by the fused kernel."""
 
-    @staticmethod
-    def forward(ctx, scores: torch.Tensor) -> torch.Tensor:
-        out = fused_ops().entmax15_forward(_rows(scores, _compute_dtype(scores.dtype)))
-        ctx.save_for_backward(out)
-        ctx.scores_dtype = scores.dtype
-        return out.view(scores.shape).to(scores.dtype)
-
-    @staticmethod
-    @once_differentiable  # the kernels' backward is not itself differentiable
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (out,) = ctx.saved_tensors
-        grad_in = fused_ops().entmax15_backward(out, _rows(grad, out.dtype))
-        return grad_in.view(grad.shape).to(ctx.scores_dtype)
+FusedSparsemax = _fused_map("sparsemax", "Sparsemax over the last dim by the fused kernel.")
+FusedEntmax15 = _fused_map("entmax15", "Entmax-1.5 over the last dim by the fused kernel.")
 
 
 class FusedAlphaEntmax(torch.autograd.Function):
