@@ -39,8 +39,8 @@ from attnkit.data.coco import DatasetError
 from attnkit.data.heightmaps import (
     HEIGHTMAP_MEAN,
     HEIGHTMAP_STD,
-    ensure_heightmaps,
     load_heightmap_split,
+    scene_split,
 )
 from attnkit.data.rasters import read_target
 
@@ -247,12 +247,7 @@ def build_dense_dataset(data_cfg, split: str = "train", train: bool | None = Non
         train = split == "train"
     crop = list(data_cfg.crop_size) if data_cfg.crop_size else None
     if data_cfg.name == "synthetic":
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
-        path = ensure_heightmaps(
-            data_cfg.num_train, data_cfg.num_val, data_cfg.seed, data_cfg.image_size
-        )
-        name = "train" if split == "train" else "val"
+        path, name = scene_split(data_cfg, split)
         images, targets = load_heightmap_split(path, name)
         source = f"the {name} split of {path}"
         return DenseArrayDataset(

@@ -332,3 +332,15 @@ def load_scene_labels(path: str | Path, split: str) -> tuple[np.ndarray, np.ndar
             f"(expected uint8 [N, H, W, 3] and uint8 [N, H, W]): {_REMAKE}"
         )
     return images, labels
+
+
+def scene_split(data_cfg, split: str) -> tuple[Path, str]:
+    """The cached scene file of a synthetic data config (made once) and the stored split that
+    ``split`` reads: "train", or "val" for "val" and "test". Shared by the regression and the
+    segmentation datasets, which read the same scenes."""
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+    path = ensure_heightmaps(
+        data_cfg.num_train, data_cfg.num_val, data_cfg.seed, data_cfg.image_size
+    )
+    return path, "train" if split == "train" else "val"

@@ -33,8 +33,8 @@ from attnkit.data.heightmaps import (
     HEIGHTMAP_STD,
     NODATA_LABEL,
     SCENE_CLASSES,
-    ensure_heightmaps,
     load_scene_labels,
+    scene_split,
 )
 from attnkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -348,12 +348,7 @@ def build_segmentation_dataset(
         train = split == "train"
     ignore = data_cfg.ignore_index
     if data_cfg.name == "synthetic":
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
-        path = ensure_heightmaps(
-            data_cfg.num_train, data_cfg.num_val, data_cfg.seed, data_cfg.image_size
-        )
-        name = "train" if split == "train" else "val"
+        path, name = scene_split(data_cfg, split)
         images, labels = load_scene_labels(path, name)
         source = f"the {name} split of {path}"
         mean, std = HEIGHTMAP_MEAN, HEIGHTMAP_STD
