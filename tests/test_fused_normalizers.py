@@ -133,6 +133,17 @@ def test_edge_cases(name, case):
         torch.testing.assert_close(out, _ours(name, "torch")(scores.to(dtype)), atol=atol, rtol=0)
 
 
+def test_key_at_the_threshold_gives_no_nan():
+    # A float32 row (found by a sweep) where one key sits exactly at the threshold of the
+    # last pass and the final step moves left past it: the weights were all NaN (0 * inf).
+    row = (torch.randn(3200, 850, generator=torch.Generator().manual_seed(5)) * 0.15)[870:871]
+    alpha = torch.tensor(1.5)
+    out = alpha_entmax(row, alpha, backend="fused")
+    reference = entmax.entmax_bisect(row.double(), 1.5, -1, n_iter=100)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), reference, atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_fully_masked_rows_have_zero_gradient(name):
     scores = torch.randn(1, 4, 3, 12, dtype=torch.float64)
@@ -143,7 +154,7 @@ def test_fully_masked_rows_have_zero_gradient(name):
     assert (out[0, 1, 2] == 0).all() and (grad[0, 1, 2] == 0).all() and not grad.isnan().any()
 
 
-@pytest.mark.parametrize("k", [2, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100])
+@pytest.mark.parametrize("k", [2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 49, 63, 64, 65, 100])
 @pytest.mark.parametrize("name", NAMES)
 def test_trailing_masked_keys_change_no_bit(name, k):
     # Key padding: the row with -inf keys appended gives bit for bit the row without them.

@@ -23,6 +23,7 @@ using attnkit_fastmath::exp_f;
 using attnkit_fastmath::log_d;
 using attnkit_fastmath::log_f;
 using attnkit_fastmath::pow_d;
+using attnkit_fastmath::pow_near_one;
 using attnkit_fastmath::vdouble;
 using attnkit_fastmath::vfloat;
 using attnkit_lanes::lanes_sum;
@@ -42,23 +43,21 @@ PowerSums power_pass(const double* z, int64_t kp, double m, double scale, double
   const vdouble zero = {}, one = zero + 1.0, big = zero + 1e300;
   vdouble ms[2] = {zero, zero}, dv[2] = {zero, zero}, lo[2] = {big, big}, hi[2] = {-big, -big};
   vdouble cv[2] = {zero, zero}, bd[2] = {zero, zero}, b3[2] = {zero, zero};
-  for (int64_t i = 0; i < kp; i += 8) {
-    for (int j = 0; j < 2; ++j) {
-      const vdouble g = scale * (load(z + i + 4 * j) - m) - tau;
-      const auto in = g > kTiny;
-      const vdouble safe = in ? g : one;
-      const vdouble ei = in ? exp_d<true>(beta_m1 * log_d<true>(safe)) : zero;
-      if (Store) std::memcpy(e + i + 4 * j, &ei, sizeof ei);
-      ms[j] += ei * (in ? g : zero);  // not 0 * -inf at the padding
-      dv[j] += ei;
-      lo[j] = attnkit_lanes::vmin(lo[j], in ? g : big);
-      hi[j] = attnkit_lanes::vmax(hi[j], in ? -big : g);
-      const vdouble ei_g = ei / safe, ei_g2 = ei_g / safe;
-      bd[j] += ei_g;
-      b3[j] += ei_g2;
-      cv[j] = attnkit_lanes::vmax(cv[j], ei_g2);
-    }
-  }
+  attnkit_lanes::for_vector_pairs<4>(kp, [&](int64_t i, int j) ATTNKIT_ALWAYS_INLINE {
+    const vdouble g = scale * (load(z + i) - m) - tau;
+    const auto in = g > kTiny;
+    const vdouble safe = in ? g : one;
+    const vdouble ei = in ? exp_d<true>(beta_m1 * log_d<true>(safe)) : zero;
+    if (Store) std::memcpy(e + i, &ei, sizeof ei);
+    ms[j] += ei * (in ? g : zero);  // not 0 * -inf at the padding
+    dv[j] += ei;
+    lo[j] = attnkit_lanes::vmin(lo[j], in ? g : big);
+    hi[j] = attnkit_lanes::vmax(hi[j], in ? -big : g);
+    const vdouble ei_g = ei / safe, ei_g2 = ei_g / safe;
+    bd[j] += ei_g;
+    b3[j] += ei_g2;
+    cv[j] = attnkit_lanes::vmax(cv[j], ei_g2);
+  });
   return {lanes_sum<double>(ms[0] + ms[1]), lanes_sum<double>(dv[0] + dv[1]),
           attnkit_lanes::lanes_min<double>(attnkit_lanes::vmin(lo[0], lo[1])),
           attnkit_lanes::lanes_max<double>(attnkit_lanes::vmax(hi[0], hi[1])),
@@ -76,29 +75,27 @@ PowerSums power_pass(const float* z, int64_t kp, float m, double scale, double t
   const vfloat zero = {}, one = zero + 1.0f, big = zero + 1e30f;
   vfloat ms[2] = {zero, zero}, dv[2] = {zero, zero}, lo[2] = {big, big}, hi[2] = {-big, -big};
   vfloat cv[2] = {zero, zero}, bd[2] = {zero, zero}, b3[2] = {zero, zero};
-  for (int64_t i = 0; i < kp; i += 16) {
-    for (int j = 0; j < 2; ++j) {
-      const vfloat v = load(z + i + 8 * j) - m;
-      const vfloat x = sc * v;
-      const vfloat x_err = sc * v - x;  // exact where the product contracts to an FMA
-      const vfloat g = x - t_hi;         // g + (x_err + sum_err - t_lo) is x - tau
-      const vfloat back = g - x;
-      const vfloat sum_err = (x - (g - back)) - (t_hi + back);  // TwoSum
-      const auto in = g > 1e-30f;
-      const vfloat inv = 1.0f / (in ? g : one);
-      const vfloat lg = log_f(in ? g : one) + ((x_err + sum_err) - t_lo) * inv;
-      const vfloat ei = in ? exp_f(bm * lg) : zero;
-      if (Store) std::memcpy(e + i + 8 * j, &ei, sizeof ei);
-      ms[j] += ei * (in ? g : zero);
-      dv[j] += ei;
-      lo[j] = attnkit_lanes::vmin(lo[j], in ? g : big);
-      hi[j] = attnkit_lanes::vmax(hi[j], in ? -big : g);
-      const vfloat ei_g = ei * inv, ei_g2 = ei_g * inv;
-      bd[j] += ei_g;
-      b3[j] += ei_g2;
-      cv[j] = attnkit_lanes::vmax(cv[j], ei_g2);
-    }
-  }
+  attnkit_lanes::for_vector_pairs<8>(kp, [&](int64_t i, int j) ATTNKIT_ALWAYS_INLINE {
+    const vfloat v = load(z + i) - m;
+    const vfloat x = sc * v;
+    const vfloat x_err = sc * v - x;  // exact where the product contracts to an FMA
+    const vfloat g = x - t_hi;         // g + (x_err + sum_err - t_lo) is x - tau
+    const vfloat back = g - x;
+    const vfloat sum_err = (x - (g - back)) - (t_hi + back);  // TwoSum
+    const auto in = g > 1e-30f;
+    const vfloat inv = 1.0f / (in ? g : one);
+    const vfloat lg = log_f(in ? g : one) + ((x_err + sum_err) - t_lo) * inv;
+    const vfloat ei = in ? exp_f(bm * lg) : zero;
+    if (Store) std::memcpy(e + i, &ei, sizeof ei);
+    ms[j] += ei * (in ? g : zero);
+    dv[j] += ei;
+    lo[j] = attnkit_lanes::vmin(lo[j], in ? g : big);
+    hi[j] = attnkit_lanes::vmax(hi[j], in ? -big : g);
+    const vfloat ei_g = ei * inv, ei_g2 = ei_g * inv;
+    bd[j] += ei_g;
+    b3[j] += ei_g2;
+    cv[j] = attnkit_lanes::vmax(cv[j], ei_g2);
+  });
   return {lanes_sum<float>(ms[0] + ms[1]), lanes_sum<float>(dv[0] + dv[1]),
           attnkit_lanes::lanes_min<float>(attnkit_lanes::vmin(lo[0], lo[1])),
           attnkit_lanes::lanes_max<float>(attnkit_lanes::vmax(hi[0], hi[1])),
@@ -117,15 +114,16 @@ inline double newton_next(double tau, const PowerSums& ps, double scale, double&
   }
   if (!(ps.mass > 0.0)) return 0.5 * (lo + hi);
   const double next =
-      tau + (ps.mass - pow_d(ps.mass, 1.0 - scale)) / std::max(ps.deriv, kTiny);
+      tau + (ps.mass - pow_near_one(ps.mass, 1.0 - scale)) / std::max(ps.deriv, kTiny);
   return next >= lo && next <= hi ? next : 0.5 * (lo + hi);
 }
 
 // Passes from tau until the threshold is tau + d for a small step d, where the weights follow
-// from e to second order (see weights_at). Far from the root a pass takes a Newton step on the
-// beta-norm; once no key would enter or leave the support, the step solves instead the
-// second-order model sum e (g - beta d + beta (beta - 1) d^2 / 2g) = 1 (cubic convergence),
-// and it is the last when the third-order terms it leaves out, in the threshold and in a
+// from e to second order (see weights_at). Each pass takes a Newton step on the beta-norm
+// (convex: from the left it never overshoots; nearly linear for large beta, where a Taylor
+// model of sum g^beta is poor). Once no key would enter or leave the support, the pass also
+// solves the second-order model sum e (g - beta d + beta (beta - 1) d^2 / 2g) = 1, and that
+// step d is the last when the third-order terms it leaves out, in the threshold and in a
 // weight, are below tol (or beta |d| is at the rounding level, floor). Returns tau; ps and
 // step are those of the last pass.
 template <bool Store, typename T>
@@ -140,18 +138,31 @@ double newton_solve(const T* z, int64_t kp, T m, double scale, double tau, doubl
     if (step > ps.high && 2.0 * std::abs(step) < ps.low) {
       const double slope = beta * ps.deriv, bend = beta * beta_m1 * ps.bend;
       const double disc = slope * slope - 2.0 * bend * (ps.mass - 1.0);
-      if (bend > 0.0 && disc >= 0.0) step = (ps.mass - 1.0) * 2.0 / (slope + std::sqrt(disc));
-      const double size = std::abs(step), cube = size * size * size;
+      double quad = step;
+      if (bend > 0.0 && disc >= 0.0) quad = (ps.mass - 1.0) * 2.0 / (slope + std::sqrt(disc));
+      const double size = std::abs(quad), cube = size * size * size;
       const double tau_error = third * ps.bend3 * cube / std::max(slope, kTiny);
       const double weight_error = third * ps.curv * cube / std::max(ps.mass, kTiny);
-      if (step > ps.high && 2.0 * size < ps.low &&
+      if (quad > ps.high && 2.0 * size < ps.low &&
           std::max(beta * tau_error * ps.bend / std::max(ps.deriv, kTiny), weight_error) <= tol) {
+        step = quad;
         break;
       }
     }
     tau += step;
   }
   return tau;
+}
+
+// n^(-scale), remembered for the next row: rows of a tensor share n, and a head's rows alpha.
+inline double count_power(double n, double scale) {
+  thread_local double last_n = -1.0, last_scale = 0.0, last = 0.0;
+  if (n != last_n || scale != last_scale) {
+    last_n = n;
+    last_scale = scale;
+    last = pow_d(n, -scale);
+  }
+  return last;
 }
 
 // Weights at tau + d from e (see the top), and the slope; V is float, double or a vector.
@@ -161,7 +172,9 @@ inline void weights_at(V v, V e, double scale, double tau, double d, double beta
   const V zero = V{};
   const V g = static_cast<T>(scale) * v - static_cast<T>(tau);
   const V gap = g - static_cast<T>(d);
-  const auto in = gap > static_cast<T>(1e-30);
+  // Keys off the support at tau (g <= 0) that enter at tau + d < tau are left to the caller:
+  // e is 0 there, and half_curv / g would make 0 * inf.
+  const auto in = (gap > static_cast<T>(1e-30)) & (g > static_cast<T>(1e-30));
   const V safe = in ? g : zero + T(1);
   const V pu = e * (g - static_cast<T>(beta * d) + static_cast<T>(half_curv) / safe);
   p = in ? pu * static_cast<T>(inv_mass) : zero;
@@ -196,14 +209,15 @@ void entmax_row(const T* z, int64_t k, double alpha, T* out, T* slope, T* buf, T
       count += finite ? zero + T(1) : zero;
     }
     n = lanes_sum<T>(count);
-    return scale * lanes_sum<T>(sum) / n - pow_d(n, -scale);
+    return scale * lanes_sum<T>(sum) / n - count_power(n, scale);
   };
   double n_row = 0.0, n_sub = 0.0;  // finite keys (not k: masked keys must not change the path)
   const double lo_row = power_mean(buf, kp, n_row);
-  double lo_sub = std::max(-1.0, power_mean(lane_max, L, n_sub)), hi = 0.0, d = 0.0;
+  double lo_sub = -1.0, hi = 0.0, d = 0.0;
   PowerSums ps;
   double tau_sub = lo_sub;
   if (n_row > 2 * L) {  // short rows skip the lane maxima: their passes cost as much
+    lo_sub = std::max(lo_sub, power_mean(lane_max, L, n_sub));
     tau_sub = newton_solve<false>(lane_max, L, m, scale, lo_sub, 1e-3, 1e-3, lo_sub, hi, e, ps,
                                   d) + d;
   }
@@ -224,16 +238,19 @@ void entmax_row(const T* z, int64_t k, double alpha, T* out, T* slope, T* buf, T
     acc += p;
   }
   const double mass = std::max(static_cast<double>(lanes_sum<T>(acc)), kTiny);
-  const double inv_mass = 1.0 / mass, slope_scale = pow_d(mass, scale);  // mass^(alpha - 1)
+  const double inv_mass = 1.0 / mass, slope_scale = pow_near_one(mass, scale);  // mass^(alpha - 1)
   // Keys near the threshold, where the expansion's third-order term t = third (d / g)^3,
   // relative to p, moves the slope s = p^(2 - alpha) = g^(beta - 1) by (2 - alpha) s t =
   // (2 - alpha) third d^3 g^(beta - 4) > 1e-8 (only possible for beta < 4): their p and s are
   // computed exactly, in double (rare: few keys sit that close).
   const double third = std::abs(beta * (beta - 1.0) * (beta - 2.0)) / 6.0;
   const double d3 = std::abs(d * d * d);
-  const double near = beta < 4.0 && third * d3 > 0.0
-                          ? pow_d((1.0 - scale) * third * d3 * 1e8, 1.0 / (4.0 - beta))
-                          : 0.0;
+  // A key is near when g < near = bound^(1 / (4 - beta)), i.e. g^(4 - beta) < bound; as every
+  // g <= 1 (x <= 0, tau >= -1), g^4 >= bound for the nearest key rules the whole row out.
+  const double bound = (1.0 - scale) * third * d3 * 1e8;
+  const double low4 = ps.low * ps.low * ps.low * ps.low;
+  const double near =
+      beta < 4.0 && bound > 0.0 && low4 < bound ? pow_d(bound, 1.0 / (4.0 - beta)) : 0.0;
   const auto exact_at = [&](int64_t j) {
     const double gap = scale * static_cast<double>(z[j] - m) - tau - d;
     const double p = gap > kTiny ? pow_d(gap, beta) * inv_mass : 0.0;
@@ -241,6 +258,13 @@ void entmax_row(const T* z, int64_t k, double alpha, T* out, T* slope, T* buf, T
     if (slope != nullptr) slope[j] = static_cast<T>(gap > kTiny ? p * slope_scale / gap : 0.0);
   };
   const bool any_near = ps.low < near;
+  // A last step to the left (d < 0, from the rounding-level stop) can bring keys within |d|
+  // of tau into the support: their tiny weights are computed exactly too.
+  const bool any_enter = d < 0.0 && ps.high > d;
+  const auto flagged = [&](auto g) {
+    return ((g > 0) & (g < static_cast<T>(near))) | ((g <= static_cast<T>(1e-30)) &
+                                                     (g > static_cast<T>(d)));
+  };
   int64_t i = 0;
   for (; i + W <= k; i += W) {
     V p, s;
@@ -248,9 +272,9 @@ void entmax_row(const T* z, int64_t k, double alpha, T* out, T* slope, T* buf, T
     weights_at<V, T>(v, load(e + i), scale, tau, d, beta, half_curv, inv_mass, slope_scale, p, s);
     std::memcpy(out + i, &p, sizeof p);
     if (slope != nullptr) std::memcpy(slope + i, &s, sizeof s);
-    if (any_near) {
+    if (any_near || any_enter) {
       const V g = static_cast<T>(scale) * v - static_cast<T>(tau);
-      const V flag = (g > T(0)) & (g < static_cast<T>(near)) ? V{} + T(1) : V{};
+      const V flag = flagged(g) ? V{} + T(1) : V{};
       if (lanes_sum<T>(flag) > 0) {
         for (int l = 0; l < W; ++l) {
           if (flag[l] > 0) exact_at(i + l);
@@ -263,8 +287,11 @@ void entmax_row(const T* z, int64_t k, double alpha, T* out, T* slope, T* buf, T
     weights_at<T, T>(z[i] - m, e[i], scale, tau, d, beta, half_curv, inv_mass, slope_scale, p, s);
     out[i] = p;
     if (slope != nullptr) slope[i] = s;
-    const double g = scale * static_cast<double>(z[i] - m) - tau;
-    if (any_near && g > 0.0 && g < near) exact_at(i);
+    if (any_near || any_enter) {
+      if (flagged(static_cast<T>(static_cast<T>(scale) * (z[i] - m) - static_cast<T>(tau)))) {
+        exact_at(i);
+      }
+    }
   }
 }
 

@@ -128,6 +128,18 @@ inline V log_d(V x) {
 // a^b for a > 0 (row-level scalars: cheaper than std::pow, as accurate as needed there).
 inline double pow_d(double a, double b) { return exp_d<true>(b * log_d<true>(a)); }
 
+// a^b for |b| <= 1: near a = 1 (within 1e-3, where thresholds converge) by the series of
+// log(1 + u) and exp to the sixth power (truncation below 1e-20), else pow_d.
+inline double pow_near_one(double a, double b) {
+  const double u = a - 1.0;  // exact for a in [0.5, 2]
+  if (!(u < 1e-3 && u > -1e-3)) return pow_d(a, b);
+  const double l =
+      u * (1.0 + u * (-0.5 + u * (1.0 / 3.0 + u * (-0.25 + u * (0.2 + u * (-1.0 / 6.0))))));
+  const double v = b * l;
+  return 1.0 +
+         v * (1.0 + v * (0.5 + v * (1.0 / 6.0 + v * (1.0 / 24.0 + v * (1.0 / 120.0 + v / 720.0)))));
+}
+
 // ---------------------------------------------------------------- float
 
 // exp(x) for x <= 0; 0 below -87 (where float would go subnormal).
