@@ -12,8 +12,9 @@ per-head alpha can be learned, Correia et al. 2019).
 alpha must lie in [1.01, 2] (:func:`check_alpha`): below, the weights are dense and tend to
 softmax; above 2 the solver's bounds do not hold. Every entry point refuses other values with
 the same error rather than returning wrong weights. On CPU the same exact alpha-entmax runs by
-default in the fused kernel of ``attnkit.attention.kernels``; this PyTorch path is the fallback
-(CUDA, ``ATTNKIT_NO_FUSED=1``, no compiler) and is tested equal to it.
+default in the fused kernel of ``attnkit.attention.kernels``, and on CUDA in its Triton kernels
+(rows of up to 16384 keys); this PyTorch path is the fallback (``ATTNKIT_NO_FUSED=1`` or
+``ATTNKIT_NO_TRITON=1``, no compiler, no triton, longer rows) and is tested equal to them.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from attnkit.attention._threshold import (
     tiny,
 )
 from attnkit.attention.kernels.functions import FusedAlphaEntmax, use_fused
+from attnkit.attention.kernels.triton_functions import TritonAlphaEntmax, use_triton
 
 __all__ = [
     "ALPHA_MAX",
@@ -215,8 +217,8 @@ def alpha_entmax(
 
     ``alpha`` is a float or a tensor broadcastable to ``scores[..., :1]`` (e.g. ``[1, H, 1, 1]``
     for one alpha per head), with values in ``[1.01, 2]`` (else ``ValueError``); gradients flow
-    to a tensor alpha. ``backend``: ``"auto"`` (the fused kernel on CPU when available),
-    ``"fused"`` or ``"torch"``.
+    to a tensor alpha. ``backend``: ``"auto"`` (the fused kernel on CPU, Triton on CUDA, when
+    available), ``"fused"``, ``"triton"`` or ``"torch"``.
     """
     check_alpha(alpha)
     return _alpha_entmax(scores, alpha, backend)
@@ -232,6 +234,8 @@ def _alpha_entmax(
         return scores.clone()
     if use_fused(scores, backend):
         return FusedAlphaEntmax.apply(scores, alpha)
+    if use_triton(scores, backend):
+        return TritonAlphaEntmax.apply(scores, alpha)
     return _AlphaEntmaxFunction.apply(scores, alpha)
 
 

@@ -10,8 +10,9 @@ quadratic): keys outside the support get exact zeros. The backward pass is close
 graph through the iterations).
 
 On CPU the same exact entmax-1.5 runs by default in the fused kernel of
-``attnkit.attention.kernels``; this PyTorch path is the fallback (CUDA, ``ATTNKIT_NO_FUSED=1``,
-no compiler) and is tested equal to it."""
+``attnkit.attention.kernels``, and on CUDA in its Triton kernels (rows of up to 16384 keys); this
+PyTorch path is the fallback (``ATTNKIT_NO_FUSED=1`` or ``ATTNKIT_NO_TRITON=1``, no compiler, no
+triton, longer rows) and is tested equal to them."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from attnkit.attention._threshold import (
     tiny,
 )
 from attnkit.attention.kernels.functions import FusedEntmax15, use_fused
+from attnkit.attention.kernels.triton_functions import TritonEntmax15, use_triton
 
 __all__ = ["Entmax15", "entmax15", "entmax15_threshold"]
 
@@ -114,12 +116,15 @@ def entmax15(scores: torch.Tensor, backend: str = "auto") -> torch.Tensor:
 
     ``-inf`` entries get exactly zero weight; a row of only ``-inf`` gives zeros (and zero
     gradient). Half-precision input is computed in float32 and returned in its own dtype.
-    ``backend``: ``"auto"`` (the fused kernel on CPU when available), ``"fused"`` or ``"torch"``.
+    ``backend``: ``"auto"`` (the fused kernel on CPU, Triton on CUDA, when available), ``"fused"``,
+    ``"triton"`` or ``"torch"``.
     """
     if scores.numel() == 0:
         return scores.clone()
     if use_fused(scores, backend):
         return FusedEntmax15.apply(scores)
+    if use_triton(scores, backend):
+        return TritonEntmax15.apply(scores)
     return _Entmax15Function.apply(scores)
 
 

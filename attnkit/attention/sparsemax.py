@@ -10,8 +10,9 @@ monotonically to the exact threshold. The start is the threshold of the row's gr
 done after a single pass. The backward pass is closed form (no graph through the iterations).
 
 On CPU the same exact sparsemax runs by default in the fused kernel of
-``attnkit.attention.kernels`` (one or two passes per row held in cache); this PyTorch path is the
-fallback (CUDA, ``ATTNKIT_NO_FUSED=1``, no compiler) and is tested equal to it."""
+``attnkit.attention.kernels`` (one or two passes per row held in cache), and on CUDA in its
+Triton kernels (rows of up to 16384 keys); this PyTorch path is the fallback (``ATTNKIT_NO_FUSED=1``
+or ``ATTNKIT_NO_TRITON=1``, no compiler, no triton, longer rows) and is tested equal to them."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from torch import nn
 
 from attnkit.attention._threshold import Workspace, initial_threshold, shift_by_max, solve_rows
 from attnkit.attention.kernels.functions import FusedSparsemax, use_fused
+from attnkit.attention.kernels.triton_functions import TritonSparsemax, use_triton
 
 __all__ = ["Sparsemax", "sparsemax", "sparsemax_threshold"]
 
@@ -96,12 +98,15 @@ def sparsemax(scores: torch.Tensor, backend: str = "auto") -> torch.Tensor:
 
     ``-inf`` entries get exactly zero weight; a row of only ``-inf`` gives zeros (and zero
     gradient). Half-precision input is computed in float32 and returned in its own dtype.
-    ``backend``: ``"auto"`` (the fused kernel on CPU when available), ``"fused"`` or ``"torch"``.
+    ``backend``: ``"auto"`` (the fused kernel on CPU, Triton on CUDA, when available), ``"fused"``,
+    ``"triton"`` or ``"torch"``.
     """
     if scores.numel() == 0:
         return scores.clone()
     if use_fused(scores, backend):
         return FusedSparsemax.apply(scores)
+    if use_triton(scores, backend):
+        return TritonSparsemax.apply(scores)
     return _SparsemaxFunction.apply(scores)
 
 

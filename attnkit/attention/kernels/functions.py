@@ -16,7 +16,7 @@ from attnkit.attention.kernels._build import fused_ops
 
 __all__ = ["BACKENDS", "FusedAlphaEntmax", "FusedEntmax15", "FusedSparsemax", "use_fused"]
 
-BACKENDS = ("auto", "fused", "torch")
+BACKENDS = ("auto", "fused", "torch", "triton")
 _FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -24,11 +24,12 @@ def use_fused(scores: torch.Tensor, backend: str = "auto") -> bool:
     """Whether a normalizer should run the fused kernel on ``scores``.
 
     ``backend``: ``"auto"`` (the kernel for CPU tensors of float dtypes when it is available,
-    else PyTorch), ``"fused"`` (the kernel or an error) or ``"torch"`` (the PyTorch path).
+    else PyTorch or, for CUDA tensors, Triton: see ``triton_functions.use_triton``), ``"fused"``
+    (the kernel or an error), ``"torch"`` (the PyTorch path) or ``"triton"`` (never this kernel).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if backend == "torch":
+    if backend in ("torch", "triton"):
         return False
     eligible = scores.device.type == "cpu" and scores.dtype in _FUSED_DTYPES
     if backend == "auto":
