@@ -10,15 +10,16 @@ reference row, and the ``x ref`` columns divide every throughput by its throughp
 
 Only classification families (``vit``, ``cnn``, ``sa_conv`` and any family whose task is
 ``classification``: ``model(images=[B, C, H, W]) -> logits``) are measured. A config of another
-task (DETR, ``configs/detr/``) is refused with one line before anything runs: its inputs are
-padded image batches with box targets at 800-pixel scale, a throughput that does not share a
-table with 32x32 classifiers; ``attnkit bench train_step`` measures DETR. Nothing here asserts
-a time.
+task (DETR) is refused with one line before anything runs (``attnkit bench train_step`` measures
+DETR). With ``--normalizers`` the command instead times a whole training step of any config once
+per attention normalizer, on a batch of its own data (``attnkit.bench.model_normalizers``; the
+epilog of ``--help``). Nothing here asserts a time.
 
     attnkit bench models configs/sa_conv/ --device cpu --threads 2
     attnkit bench models configs/cnn/cifar10_resnet18.yaml configs/vit/ --quick
     attnkit bench models configs/vit/synth_softmax.yaml model.depth=2 --out results/models.md
     python benchmarks/bench_models.py configs/vit configs/cnn --device cuda --batch 256
+    attnkit bench models --normalizers softmax,sparsemax configs/detr/shapes_tiny_softmax.yaml
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ def load_model_config(path: Path, overrides: list[str], img_size: list[int] | No
         raise ConfigError(
             f"{path}: model.name={cfg.model.name} is a {task} model; `attnkit bench models` "
             "measures classification models only (images -> logits): use `attnkit bench "
-            "train_step` for DETR"
+            "train_step` for DETR, or --normalizers for the cost of each normalizer"
         )
     return cfg
 
@@ -289,11 +290,11 @@ TABLE = (  # header, alignment, cell
 )
 
 
-def format_table(rows: list[dict]) -> str:
-    """A markdown table whose columns are also aligned as plain text."""
-    cells = [[cell(r) for _, _, cell in TABLE] for r in rows]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, (h, _, _) in enumerate(TABLE)]
-    aligns = [a for _, a, _ in TABLE]
+def format_table(rows: list[dict], columns: tuple = TABLE) -> str:
+    """A markdown table of ``(header, alignment, cell)`` columns, also aligned as plain text."""
+    cells = [[cell(r) for _, _, cell in columns] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, (h, _, _) in enumerate(columns)]
+    aligns = [a for _, a, _ in columns]
 
     def line(values: list[str]) -> str:
         padded = [v.ljust(w) if a == "<" else v.rjust(w) for v, w, a in zip(values, widths, aligns)]
@@ -302,7 +303,7 @@ def format_table(rows: list[dict]) -> str:
     rule = "|" + "|".join(
         "-" * (w + 1) + (":" if a == ">" else "-") for w, a in zip(widths, aligns)
     )
-    lines = [line([h for h, _, _ in TABLE]), rule + "|"]
+    lines = [line([h for h, _, _ in columns]), rule + "|"]
     return "\n".join(lines + [line(c) for c in cells])
 
 
@@ -324,10 +325,12 @@ def write_outputs(out: Path, text: str, info: dict, settings: dict, rows: list[d
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from attnkit.bench.model_normalizers import NORMALIZERS_HELP
+
     parser = argparse.ArgumentParser(
         prog="attnkit bench models",
         description=__doc__,
-        epilog=COLUMNS_HELP,
+        epilog=COLUMNS_HELP + "\n" + NORMALIZERS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -339,8 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     add("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: GPU if any")
-    add("--batch", type=int, default=16, help="batch of the throughputs")
-    add("--repeats", type=int, default=100, help="timed inference calls")
+    add("--normalizers", metavar="N1,N2", help="time each normalizer in every config (below)")
+    add("--batch", type=int, help="batch of the throughputs (16; with --normalizers 4)")
+    add("--repeats", type=int, help="timed inference calls (100; with --normalizers rounds, 5)")
     add("--latency-warmup", type=int, default=10, help="untimed batch-1 calls")
     add("--latency-repeats", type=int, default=300, help="timed batch-1 calls")
     add("--train-repeats", type=int, default=20, help="timed training steps")
@@ -354,6 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.normalizers is not None:
+        from attnkit.bench.model_normalizers import run
+
+        return run(args, parser)
+    args.batch = 16 if args.batch is None else args.batch
+    args.repeats = 100 if args.repeats is None else args.repeats
     counts = [args.batch, args.repeats, args.latency_repeats, args.train_repeats]
     if min(counts + (args.img_size or [])) < 1 or args.latency_warmup < 0:
         parser.error("--batch, --repeats, --*-repeats, --img-size must be >= 1, warm-up >= 0")

@@ -57,6 +57,9 @@ class Family:
             of factories ``factory(cfg) -> scorer`` (imported only when analysing).
         foreign_weights: ``{format: (detect(state) -> bool, load(model, state) -> report)}``,
             loaders of other codebases' state dicts (official DETR, timm).
+        normalizer_keys: the config keys (dotted, from the config root) that choose the
+            attention normalizer of the family's sparse variant, all set alike by ``attnkit bench
+            models --normalizers`` (empty: the family has no normalizer to swap).
         variants: named variants, ``{name: description}`` (listed by ``attnkit models``).
         description: one line for ``attnkit models``.
     """
@@ -71,6 +74,7 @@ class Family:
     analysis_layers: tuple[str, ...] | None = None
     scorers: tuple[str, ...] = ()
     foreign_weights: Mapping[str, tuple[Callable, Callable]] = field(default_factory=dict)
+    normalizer_keys: tuple[str, ...] = ()
     variants: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
 

@@ -44,6 +44,7 @@ FAMILY = register_family(
         task="dense_regression",
         tasks=("dense_segmentation",),
         site_label=site_label,
+        normalizer_keys=("model.attention.normalizer",),
         variants={
             "swin": "Swin-T/S/B encoder (timm-identical), (shifted) windows, any normalizer",
             "mit": "MiT-b0..b5 encoder (SegFormer; timm PVTv2-identical), spatial reduction",

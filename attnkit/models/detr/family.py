@@ -42,6 +42,7 @@ FAMILY = register_family(
         site_label=site_label,
         analysis_layers=("*decoder.layers.*.multihead_attn",),
         scorers=("attnkit.analysis.paibb_scorer:PaibbScorer",),
+        normalizer_keys=("model.attention.cross",),  # the thesis: decoder cross-attention
         foreign_weights={"official DETR": (_is_official, load_official_detr)},
         variants={
             "shapes_tiny": "128-wide, 2+3 layers on the tiny_cnn backbone (synthetic shapes)",

@@ -36,6 +36,7 @@ FAMILY = register_family(
         build=lambda cfg: build_maxvit(cfg.model),
         task="classification",
         site_label=site_label,
+        normalizer_keys=("model.attention.block.normalizer", "model.attention.grid.normalizer"),
         foreign_weights={"timm MaxViT": (is_timm_maxvit, load_timm_maxvit)},
         variants={name: _describe(v) for name, v in MAXVIT_VARIANTS.items()},
         description="MaxViT (Tu et al. 2022): MBConv + block + grid attention, timm-identical",

@@ -42,6 +42,7 @@ FAMILY = register_family(
         build=lambda cfg: build_sa_conv(cfg.model),
         task="classification",
         site_label=site_label,
+        normalizer_keys=("model.attention.normalizer",),
         variants={
             "gaussian": "quadratic (Gaussian) positional attention, isotropic or anisotropic",
             "learned2d": "learned 2-D relative positional attention, with or without content",

@@ -31,6 +31,7 @@ FAMILY = register_family(
         build=lambda cfg: build_vit(cfg.model),
         task="classification",
         site_label=site_label,
+        normalizer_keys=("model.attention.normalizer",),
         foreign_weights={"timm ViT": (_is_vit_state, load_timm_vit)},
         variants={
             name: f"{v['embed_dim']} wide, {v['depth']} blocks, {v['num_heads']} heads, "
