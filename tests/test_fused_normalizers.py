@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import warnings
 
 import entmax
@@ -294,3 +295,17 @@ def test_two_processes_build_a_clean_cache_together(tmp_path):
     assert all(p.returncode == 0 for p in procs), outs
     assert all("0.3333" in out for out in outs)
     assert len(list(tmp_path.glob("sparse_rows_*/*.so"))) == 1
+
+
+def test_stale_builds_of_other_digests_are_pruned(tmp_path):
+    now = time.time()
+    keep, recent, old, other = (
+        tmp_path / n for n in ("sparse_rows_a", "sparse_rows_b", "sparse_rows_c", "data")
+    )
+    for folder, age_days in ((keep, 90), (recent, 3), (old, 45), (other, 90)):
+        folder.mkdir()
+        (folder / "x.so").write_bytes(b"0")
+        os.utime(folder, (now - age_days * 86400,) * 2)
+    removed = _build.prune_stale_builds(keep, days=30)
+    assert removed == [old]
+    assert keep.exists() and recent.exists() and other.exists() and not old.exists()

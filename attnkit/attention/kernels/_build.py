@@ -10,6 +10,10 @@ CPU model and its instruction sets: a cache shared by different machines keeps o
 kind of CPU. Concurrent processes serialise on a file lock (``torch``'s own around the build,
 and one around the whole load here), so they never collide and the later ones just load.
 
+Each load marks its build as used (its folder's time); builds of other digests (older
+sources, another torch) unused for :data:`STALE_DAYS` days are removed then, so the cache
+holds what its machines still run and not every version ever built.
+
 If anything fails (no compiler, no ninja, a compile error) the failure is warned about once
 and :func:`fused_ops` returns ``None``: the normalizers then use their PyTorch path, which
 gives the same results. ``ATTNKIT_NO_FUSED=1`` disables the kernels without trying.
@@ -21,17 +25,28 @@ import hashlib
 import logging
 import os
 import platform
+import shutil
 import sys
+import time
 import threading
 import warnings
 from pathlib import Path
 
 import torch
 
-__all__ = ["FUSED_ENV", "KERNEL_CACHE_ENV", "fused_disabled", "fused_ops", "kernel_cache_dir"]
+__all__ = [
+    "FUSED_ENV",
+    "KERNEL_CACHE_ENV",
+    "STALE_DAYS",
+    "fused_disabled",
+    "fused_ops",
+    "kernel_cache_dir",
+    "prune_stale_builds",
+]
 
 FUSED_ENV = "ATTNKIT_NO_FUSED"
 KERNEL_CACHE_ENV = "ATTNKIT_KERNEL_CACHE"
+STALE_DAYS = 30  # builds of other digests unused this long are removed
 _NAMESPACE = "attnkit_sparse_rows"  # the TORCH_LIBRARY namespace of sparse_rows.cpp
 _HERE = Path(__file__).resolve().parent
 _SOURCES = ("sparse_rows.cpp",)
@@ -111,7 +126,25 @@ def _build(flags: tuple[str, ...]) -> object:
         )
     ops = getattr(torch.ops, _NAMESPACE)
     ops.sparsemax_forward  # noqa: B018  (raises if the library did not register its ops)
+    os.utime(build_dir)  # used now
+    prune_stale_builds(build_dir)
     return ops
+
+
+def prune_stale_builds(keep: Path, days: float = STALE_DAYS) -> list[Path]:
+    """Remove the other ``sparse_rows_*`` builds beside ``keep`` unused for ``days`` days;
+    returns them. A process still running one keeps its loaded copy (Linux unlinks lazily)."""
+    cutoff = time.time() - days * 86400
+    removed = []
+    for folder in keep.parent.glob("sparse_rows_*"):
+        try:
+            stale = folder != keep and folder.is_dir() and folder.stat().st_mtime < cutoff
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 def fused_ops() -> object | None:
