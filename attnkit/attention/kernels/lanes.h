@@ -103,6 +103,40 @@ inline void load_row(const T* z, int64_t k, T* buf) {
   std::fill(buf + k, buf + padded(k), -inf<T>());
 }
 
+// A short row: at most kShortRow keys, or more with -inf beyond the first kShortRow (masked
+// padding). Its solvers skip the lane maxima (a pass over them costs as much as one over the
+// row) and start from a bound by the mean of its finite keys.
+constexpr int64_t kShortRow = 64;
+
+// The keys of a padded row that hold all its finite ones when it is short, else 0. Keys past
+// them are -inf, so a row and the same row with -inf keys appended agree on this and on all
+// that follows (a long row finds a finite key at once).
+template <typename T>
+inline int64_t short_row_keys(const T* buf, int64_t kp) {
+  if (kp <= kShortRow) return kp;
+  for (int64_t i = kShortRow; i < kp; ++i) {
+    if (buf[i] != -inf<T>()) return 0;
+  }
+  return kShortRow;
+}
+
+// The number and the mean of the finite keys of buf[0:kp] (kp a multiple of the vector width).
+template <typename T>
+inline T finite_mean(const T* buf, int64_t kp, T& count) {
+  using V = typename Vec<T>::type;
+  constexpr int W = Vec<T>::size;
+  const V ninf = splat(-inf<T>()), zero = splat(T(0)), one = splat(T(1));
+  V sum = zero, n = zero;
+  for (int64_t i = 0; i < kp; i += W) {
+    const V x = load(buf + i);
+    const auto finite = x > ninf;
+    sum += finite ? x : zero;
+    n += finite ? one : zero;
+  }
+  count = lanes_sum<T>(n);
+  return lanes_sum<T>(sum) / count;
+}
+
 // Row maximum of a padded row; lane_max[l] = max of keys l, l + 32, ... (-inf when none).
 template <typename T>
 inline T lane_maxima(const T* buf, int64_t kp, T* lane_max) {
