@@ -24,6 +24,7 @@ using attnkit_fastmath::log_d;
 using attnkit_fastmath::log_f;
 using attnkit_fastmath::pow_d;
 using attnkit_fastmath::pow_near_one;
+using attnkit_fastmath::pow_rough;
 using attnkit_fastmath::vdouble;
 using attnkit_fastmath::vfloat;
 using attnkit_lanes::lanes_sum;
@@ -114,7 +115,7 @@ inline double newton_next(double tau, const PowerSums& ps, double scale, double&
   }
   if (!(ps.mass > 0.0)) return 0.5 * (lo + hi);
   const double next =
-      tau + (ps.mass - pow_near_one(ps.mass, 1.0 - scale)) / std::max(ps.deriv, kTiny);
+      tau + (ps.mass - pow_rough(ps.mass, 1.0 - scale)) / std::max(ps.deriv, kTiny);
   return next >= lo && next <= hi ? next : 0.5 * (lo + hi);
 }
 
@@ -249,8 +250,13 @@ void entmax_row(const T* z, int64_t k, double alpha, T* out, T* slope, T* buf, T
   // g <= 1 (x <= 0, tau >= -1), g^4 >= bound for the nearest key rules the whole row out.
   const double bound = (1.0 - scale) * third * d3 * 1e8;
   const double low4 = ps.low * ps.low * ps.low * ps.low;
-  const double near =
-      beta < 4.0 && bound > 0.0 && low4 < bound ? pow_d(bound, 1.0 / (4.0 - beta)) : 0.0;
+  double near = 0.0;  // in float where it can (a cut-off: 1e-3 more is as good)
+  if (beta < 4.0 && bound > 0.0 && low4 < bound) {
+    near = bound > 1e-30 ? 1.001 * attnkit_fastmath::exp_f(static_cast<float>(
+                                        attnkit_fastmath::log_f(static_cast<float>(bound)) /
+                                        (4.0 - beta)))
+                         : pow_d(bound, 1.0 / (4.0 - beta));
+  }
   const auto exact_at = [&](int64_t j) {
     const double gap = scale * static_cast<double>(z[j] - m) - tau - d;
     const double p = gap > kTiny ? pow_d(gap, beta) * inv_mass : 0.0;

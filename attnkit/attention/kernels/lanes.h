@@ -17,7 +17,9 @@
 
 // Loop bodies passed as lambdas must be inlined (GCC may otherwise call a large body, with
 // the accumulators in memory: 1.3x slower passes).
+#ifndef ATTNKIT_ALWAYS_INLINE
 #define ATTNKIT_ALWAYS_INLINE __attribute__((always_inline))
+#endif
 
 namespace attnkit_lanes {
 
