@@ -50,7 +50,14 @@ STALE_DAYS = 30  # builds of other digests unused this long are removed
 _NAMESPACE = "attnkit_sparse_rows"  # the TORCH_LIBRARY namespace of sparse_rows.cpp
 _HERE = Path(__file__).resolve().parent
 _SOURCES = ("sparse_rows.cpp",)
-_HEADERS = ("fastmath.h", "lanes.h", "simplex_rows.h", "entmax_rows.h", "sparse_rows_backward.h")
+_HEADERS = (
+    "fastmath.h",
+    "lanes.h",
+    "simplex_rows.h",
+    "entmax_power.h",
+    "entmax_rows.h",
+    "sparse_rows_backward.h",
+)
 # -fno-math-errno / -fno-trapping-math let the compiler vectorise sqrt and selects (the code
 # never reads errno nor floating-point exception flags); -ffp-contract=fast turns a * b - c
 # into the exact fused multiply-add that the float32 alpha-entmax gap correction relies on.

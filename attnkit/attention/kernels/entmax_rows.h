@@ -18,91 +18,12 @@
 
 namespace {
 
-using attnkit_fastmath::exp_d;
 using attnkit_fastmath::exp_f;
-using attnkit_fastmath::log_d;
 using attnkit_fastmath::log_f;
 using attnkit_fastmath::pow_d;
 using attnkit_fastmath::pow_near_one;
 using attnkit_fastmath::pow_rough;
-using attnkit_fastmath::vdouble;
-using attnkit_fastmath::vfloat;
 using attnkit_lanes::lanes_sum;
-using attnkit_lanes::load;
-
-struct PowerSums {
-  double mass = 0.0, deriv = 0.0;  // sum g^beta and sum g^(beta - 1), g = (x - tau)_+
-  double low = 0.0, high = 0.0;    // min g > 0 and max g <= 0 (the keys nearest tau)
-  double curv = 0.0;               // max g^(beta - 3) over the support
-  double bend = 0.0, bend3 = 0.0;  // sums of g^(beta - 2) and g^(beta - 3)
-};
-
-// PowerSums over a padded float64 row; with Store, e[i] = g_i^(beta - 1) (0 off the support).
-template <bool Store>
-PowerSums power_pass(const double* z, int64_t kp, double m, double scale, double tau,
-                     double beta_m1, double* e) {
-  const vdouble zero = {}, one = zero + 1.0, big = zero + 1e300;
-  vdouble ms[2] = {zero, zero}, dv[2] = {zero, zero}, lo[2] = {big, big}, hi[2] = {-big, -big};
-  vdouble cv[2] = {zero, zero}, bd[2] = {zero, zero}, b3[2] = {zero, zero};
-  attnkit_lanes::for_vector_pairs<4>(kp, [&](int64_t i, int j) ATTNKIT_ALWAYS_INLINE {
-    const vdouble g = scale * (load(z + i) - m) - tau;
-    const auto in = g > kTiny;
-    const vdouble safe = in ? g : one;
-    const vdouble ei = in ? exp_d<true>(beta_m1 * log_d<true>(safe)) : zero;
-    if (Store) std::memcpy(e + i, &ei, sizeof ei);
-    ms[j] += ei * (in ? g : zero);  // not 0 * -inf at the padding
-    dv[j] += ei;
-    lo[j] = attnkit_lanes::vmin(lo[j], in ? g : big);
-    hi[j] = attnkit_lanes::vmax(hi[j], in ? -big : g);
-    const vdouble ei_g = ei / safe, ei_g2 = ei_g / safe;
-    bd[j] += ei_g;
-    b3[j] += ei_g2;
-    cv[j] = attnkit_lanes::vmax(cv[j], ei_g2);
-  });
-  return {lanes_sum<double>(ms[0] + ms[1]), lanes_sum<double>(dv[0] + dv[1]),
-          attnkit_lanes::lanes_min<double>(attnkit_lanes::vmin(lo[0], lo[1])),
-          attnkit_lanes::lanes_max<double>(attnkit_lanes::vmax(hi[0], hi[1])),
-          attnkit_lanes::lanes_max<double>(attnkit_lanes::vmax(cv[0], cv[1])),
-          lanes_sum<double>(bd[0] + bd[1]), lanes_sum<double>(b3[0] + b3[1])};
-}
-
-// PowerSums over a padded float32 row, powers in float of the compensated gap.
-template <bool Store>
-PowerSums power_pass(const float* z, int64_t kp, float m, double scale, double tau,
-                     double beta_m1, float* e) {
-  const float sc = static_cast<float>(scale);  // exact: alpha is a float in [1, 2]
-  const float t_hi = static_cast<float>(tau), t_lo = static_cast<float>(tau - t_hi);
-  const float bm = static_cast<float>(beta_m1);
-  const vfloat zero = {}, one = zero + 1.0f, big = zero + 1e30f;
-  vfloat ms[2] = {zero, zero}, dv[2] = {zero, zero}, lo[2] = {big, big}, hi[2] = {-big, -big};
-  vfloat cv[2] = {zero, zero}, bd[2] = {zero, zero}, b3[2] = {zero, zero};
-  attnkit_lanes::for_vector_pairs<8>(kp, [&](int64_t i, int j) ATTNKIT_ALWAYS_INLINE {
-    const vfloat v = load(z + i) - m;
-    const vfloat x = sc * v;
-    const vfloat x_err = sc * v - x;  // exact where the product contracts to an FMA
-    const vfloat g = x - t_hi;         // g + (x_err + sum_err - t_lo) is x - tau
-    const vfloat back = g - x;
-    const vfloat sum_err = (x - (g - back)) - (t_hi + back);  // TwoSum
-    const auto in = g > 1e-30f;
-    const vfloat inv = 1.0f / (in ? g : one);
-    const vfloat lg = log_f(in ? g : one) + ((x_err + sum_err) - t_lo) * inv;
-    const vfloat ei = in ? exp_f(bm * lg) : zero;
-    if (Store) std::memcpy(e + i, &ei, sizeof ei);
-    ms[j] += ei * (in ? g : zero);
-    dv[j] += ei;
-    lo[j] = attnkit_lanes::vmin(lo[j], in ? g : big);
-    hi[j] = attnkit_lanes::vmax(hi[j], in ? -big : g);
-    const vfloat ei_g = ei * inv, ei_g2 = ei_g * inv;
-    bd[j] += ei_g;
-    b3[j] += ei_g2;
-    cv[j] = attnkit_lanes::vmax(cv[j], ei_g2);
-  });
-  return {lanes_sum<float>(ms[0] + ms[1]), lanes_sum<float>(dv[0] + dv[1]),
-          attnkit_lanes::lanes_min<float>(attnkit_lanes::vmin(lo[0], lo[1])),
-          attnkit_lanes::lanes_max<float>(attnkit_lanes::vmax(hi[0], hi[1])),
-          attnkit_lanes::lanes_max<float>(attnkit_lanes::vmax(cv[0], cv[1])),
-          lanes_sum<float>(bd[0] + bd[1]), lanes_sum<float>(b3[0] + b3[1])};
-}
 
 // The Newton step on ||.||_beta - 1 at tau (tau + step), or a bisection of the updated
 // bracket when the step leaves it.
@@ -125,31 +46,39 @@ inline double newton_next(double tau, const PowerSums& ps, double scale, double&
 // model of sum g^beta is poor). Once no key would enter or leave the support, the pass also
 // solves the second-order model sum e (g - beta d + beta (beta - 1) d^2 / 2g) = 1, and that
 // step d is the last when the third-order terms it leaves out, in the threshold and in a
-// weight, are below tol (or beta |d| is at the rounding level, floor). Returns tau; ps and
-// step are those of the last pass.
-template <bool Store, typename T>
+// weight, are below tol (or beta |d| is at the rounding level, floor). newton_step decides
+// one pass (ps at tau): the step, and whether it is the last.
+inline bool newton_step(double tau, const PowerSums& ps, double scale, double tol, double floor,
+                        double& lo, double& hi, double& step) {
+  const double beta_m1 = 1.0 / scale - 1.0, beta = beta_m1 + 1.0;
+  step = newton_next(tau, ps, scale, lo, hi) - tau;
+  if (beta * std::abs(step) <= floor) return true;
+  if (step > ps.high && 2.0 * std::abs(step) < ps.low) {
+    const double third = std::abs(beta * beta_m1 * (beta - 2.0)) / 6.0;
+    const double slope = beta * ps.deriv, bend = beta * beta_m1 * ps.bend;
+    const double disc = slope * slope - 2.0 * bend * (ps.mass - 1.0);
+    double quad = step;
+    if (bend > 0.0 && disc >= 0.0) quad = (ps.mass - 1.0) * 2.0 / (slope + std::sqrt(disc));
+    const double size = std::abs(quad), cube = size * size * size;
+    const double tau_error = third * ps.bend3 * cube / std::max(slope, kTiny);
+    const double weight_error = third * ps.curv * cube / std::max(ps.mass, kTiny);
+    if (quad > ps.high && 2.0 * size < ps.low &&
+        std::max(beta * tau_error * ps.bend / std::max(ps.deriv, kTiny), weight_error) <= tol) {
+      step = quad;
+      return true;
+    }
+  }
+  return false;
+}
+
+// The passes from tau until newton_step stops; returns tau (ps and step: the last pass's).
+template <typename T>
 double newton_solve(const T* z, int64_t kp, T m, double scale, double tau, double tol,
                     double floor, double& lo, double& hi, T* e, PowerSums& ps, double& step) {
-  const double beta_m1 = 1.0 / scale - 1.0, beta = beta_m1 + 1.0;
-  const double third = std::abs(beta * beta_m1 * (beta - 2.0)) / 6.0;
+  const double beta_m1 = 1.0 / scale - 1.0;
   for (int it = 0; it < kMaxSteps; ++it) {
-    ps = power_pass<Store>(z, kp, m, scale, tau, beta_m1, e);
-    step = newton_next(tau, ps, scale, lo, hi) - tau;
-    if (beta * std::abs(step) <= floor) break;
-    if (step > ps.high && 2.0 * std::abs(step) < ps.low) {
-      const double slope = beta * ps.deriv, bend = beta * beta_m1 * ps.bend;
-      const double disc = slope * slope - 2.0 * bend * (ps.mass - 1.0);
-      double quad = step;
-      if (bend > 0.0 && disc >= 0.0) quad = (ps.mass - 1.0) * 2.0 / (slope + std::sqrt(disc));
-      const double size = std::abs(quad), cube = size * size * size;
-      const double tau_error = third * ps.bend3 * cube / std::max(slope, kTiny);
-      const double weight_error = third * ps.curv * cube / std::max(ps.mass, kTiny);
-      if (quad > ps.high && 2.0 * size < ps.low &&
-          std::max(beta * tau_error * ps.bend / std::max(ps.deriv, kTiny), weight_error) <= tol) {
-        step = quad;
-        break;
-      }
-    }
+    ps = power_pass(z, kp, m, scale, tau, beta_m1, e);
+    if (newton_step(tau, ps, scale, tol, floor, lo, hi, step)) break;
     tau += step;
   }
   return tau;
@@ -182,9 +111,32 @@ inline void weights_at(V v, V e, double scale, double tau, double d, double beta
   s = in ? p * static_cast<T>(slope_scale) / (in ? gap : zero + T(1)) : zero;
 }
 
-// Alpha-entmax of z[0:k] into out (and slope unless null); buf and e: scratch of padded(k).
+// The solve of one row between passes: alpha-entmax of z[0:k] into out (and slope unless
+// null), with scratch buf (padded(k) keys) and e (2 padded(k): powers, gaps).
 template <typename T>
-void entmax_row(const T* z, int64_t k, double alpha, T* out, T* slope, T* buf, T* e) {
+struct RowSolve {
+  const T* z;
+  int64_t k;
+  double alpha;
+  T* out;
+  T* slope;
+  T* buf;
+  T* e;
+  int64_t kp = 0;
+  T m = 0;
+  double scale = 0.0, tau = 0.0, lo = 0.0, hi = 0.0, d = 0.0, tol = 0.0, floor = 0.0;
+  PowerSums ps;
+  int steps = 0;
+};
+
+// Step 1 (see the top): the start and the bracket of r's threshold. False for a row of only
+// -inf (zeros written: nothing to solve).
+template <typename T>
+bool entmax_start(RowSolve<T>& r) {
+  const T* z = r.z;
+  const int64_t k = r.k;
+  T* const buf = r.buf;
+  T* const e = r.e;
   using V = typename attnkit_lanes::Vec<T>::type;
   constexpr int W = attnkit_lanes::Vec<T>::size;
   constexpr int L = attnkit_lanes::kMaxLanes;
@@ -193,11 +145,11 @@ void entmax_row(const T* z, int64_t k, double alpha, T* out, T* slope, T* buf, T
   T lane_max[L];
   const T m = attnkit_lanes::lane_maxima(buf, kp, lane_max);
   if (m == -attnkit_lanes::inf<T>()) {
-    std::fill(out, out + k, T(0));
-    if (slope != nullptr) std::fill(slope, slope + k, T(0));
-    return;
+    std::fill(r.out, r.out + k, T(0));
+    if (r.slope != nullptr) std::fill(r.slope, r.slope + k, T(0));
+    return false;
   }
-  const double scale = alpha - 1.0, beta = 1.0 / scale;
+  const double scale = r.alpha - 1.0;
   // 1. Lower bounds: power means of the row and of the lane maxima, the lane maxima's root.
   // Power-mean bound mean(x) - n^(1 - alpha) over the n finite keys of x[0:kp].
   const auto power_mean = [&](const T* x, int64_t kp_x, double& n) {
@@ -219,16 +171,44 @@ void entmax_row(const T* z, int64_t k, double alpha, T* out, T* slope, T* buf, T
   double tau_sub = lo_sub;
   if (n_row > 2 * L) {  // short rows skip the lane maxima: their passes cost as much
     lo_sub = std::max(lo_sub, power_mean(lane_max, L, n_sub));
-    tau_sub = newton_solve<false>(lane_max, L, m, scale, lo_sub, 1e-3, 1e-3, lo_sub, hi, e, ps,
+    tau_sub = newton_solve(lane_max, L, m, scale, lo_sub, 1e-3, 1e-3, lo_sub, hi, e, ps,
                                   d) + d;
   }
   double lo = std::max({-1.0, lo_row, lo_sub});
-  // 2. Newton on the row (storing e) until the step is small; 3. the weights at tau + d.
-  hi = 0.0;
   const bool single = std::is_same<T, float>::value;
-  const double tau = newton_solve<true>(buf, kp, m, scale, std::max(tau_sub, lo),
-                                        single ? 1e-8 : 1e-18, single ? 1e-7 : 1e-14, lo, hi, e,
-                                        ps, d);
+  r.kp = kp;
+  r.m = m;
+  r.scale = scale;
+  r.tau = std::max(tau_sub, lo);
+  r.lo = lo;
+  r.hi = 0.0;
+  r.tol = single ? 1e-8 : 1e-18;
+  r.floor = single ? 1e-7 : 1e-14;
+  return true;
+}
+
+// Step 2, one pass's decision (r.ps at r.tau): true when r's threshold is r.tau + r.d.
+template <typename T>
+bool entmax_advance(RowSolve<T>& r) {
+  if (newton_step(r.tau, r.ps, r.scale, r.tol, r.floor, r.lo, r.hi, r.d)) return true;
+  r.tau += r.d;
+  return ++r.steps >= kMaxSteps;
+}
+
+// Step 3: the weights (and slopes) of r at r.tau + r.d.
+template <typename T>
+void entmax_finish(const RowSolve<T>& r) {
+  using V = typename attnkit_lanes::Vec<T>::type;
+  constexpr int W = attnkit_lanes::Vec<T>::size;
+  const T* z = r.z;
+  const int64_t k = r.k, kp = r.kp;
+  const T m = r.m;
+  T* const out = r.out;
+  T* const slope = r.slope;
+  const T* buf = r.buf;
+  const T* e = r.e;
+  const double scale = r.scale, beta = 1.0 / scale, tau = r.tau, d = r.d;
+  const PowerSums& ps = r.ps;
   const double half_curv = 0.5 * beta * (beta - 1.0) * d * d;
   // Sum of the unnormalised weights (second order), in the layout of the other passes.
   V acc = V{};
@@ -299,6 +279,42 @@ void entmax_row(const T* z, int64_t k, double alpha, T* out, T* slope, T* buf, T
       }
     }
   }
+}
+
+// Alpha-entmax of one row (see RowSolve).
+template <typename T>
+void entmax_row(RowSolve<T> r) {
+  if (!entmax_start(r)) return;
+  const double beta_m1 = 1.0 / r.scale - 1.0;
+  do {
+    r.ps = power_pass(r.buf, r.kp, r.m, r.scale, r.tau, beta_m1, r.e);
+  } while (!entmax_advance(r));
+  entmax_finish(r);
+}
+
+// Alpha-entmax of two rows of the same length, their passes in one loop while both run: the
+// same operations as entmax_row for each, so the same bits.
+template <typename T>
+void entmax_row_pair(RowSolve<T> a, RowSolve<T> b) {
+  bool run_a = entmax_start(a), run_b = entmax_start(b);
+  const bool has_a = run_a, has_b = run_b;
+  while (run_a && run_b) {
+    PowerAcc<T> acc_a(a.m, a.scale, a.tau, 1.0 / a.scale - 1.0);
+    PowerAcc<T> acc_b(b.m, b.scale, b.tau, 1.0 / b.scale - 1.0);
+    power_pass_pair(a.buf, b.buf, a.kp, acc_a, acc_b, a.e, b.e);
+    a.ps = acc_a.sums();
+    b.ps = acc_b.sums();
+    run_a = !entmax_advance(a);
+    run_b = !entmax_advance(b);
+  }
+  for (RowSolve<T>* r : {&a, &b}) {
+    if (!(r == &a ? run_a : run_b)) continue;
+    do {
+      r->ps = power_pass(r->buf, r->kp, r->m, r->scale, r->tau, 1.0 / r->scale - 1.0, r->e);
+    } while (!entmax_advance(*r));
+  }
+  if (has_a) entmax_finish(a);
+  if (has_b) entmax_finish(b);
 }
 
 }  // namespace

@@ -49,6 +49,7 @@ int64_t grain_rows(int64_t num_keys) {
 }  // namespace
 
 #include "simplex_rows.h"
+#include "entmax_power.h"
 #include "entmax_rows.h"
 
 namespace {
@@ -99,12 +100,16 @@ at::Tensor entmax15_forward(const at::Tensor& scores) {
 template <typename T>
 void entmax_rows(const T* z, const double* alpha, T* out, T* slope, int64_t rows, int64_t k) {
   at::parallel_for(0, rows, grain_rows(k), [&](int64_t begin, int64_t end) {
-    const auto kp = static_cast<size_t>(attnkit_lanes::padded(k));
-    std::vector<T> buf(kp), e(kp);  // the row, padded; per-key powers
-    for (int64_t r = begin; r < end; ++r) {
-      entmax_row(z + r * k, k, alpha[r], out + r * k,
-                 slope == nullptr ? nullptr : slope + r * k, buf.data(), e.data());
-    }
+    const int64_t kp = attnkit_lanes::padded(k);
+    std::vector<T> scratch(static_cast<size_t>(6 * kp));  // 2 rows: keys, powers, gaps
+    const auto row = [&](int64_t r, int64_t s) {
+      return RowSolve<T>{z + r * k,    k, alpha[r], out + r * k,
+                         slope == nullptr ? nullptr : slope + r * k,
+                         scratch.data() + 3 * s * kp, scratch.data() + (3 * s + 1) * kp};
+    };
+    int64_t r = begin;  // two rows at a time (see entmax_power.h), then the odd one
+    for (; r + 1 < end; r += 2) entmax_row_pair(row(r, 0), row(r + 1, 1));
+    if (r < end) entmax_row(row(r, 0));
   });
 }
 
