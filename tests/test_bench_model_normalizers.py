@@ -6,6 +6,7 @@ Timings are printed, never asserted."""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,18 @@ def test_help_describes_the_normalizers_mode(capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert "--normalizers" in out and "x softmax" in out and "synth224_tiny_softmax" in out
+
+
+def test_the_timed_batch_does_not_depend_on_earlier_random_draws():
+    # DETR's transforms draw from Python's generator: the batch must be the same in every run.
+    cfg = build_variants(Path(DETR), SMALL_DATA, ["softmax"])[0]
+    batches = []
+    for seed in (1, 2):
+        random.seed(seed)
+        torch.manual_seed(seed)
+        batches.append(first_batch(cfg["softmax"], 2))
+    first, second = (b.inputs["images"] for b in batches)
+    assert torch.equal(
+        first.tensors if hasattr(first, "tensors") else first,
+        second.tensors if hasattr(second, "tensors") else second,
+    )

@@ -21,6 +21,7 @@ with a note; a family without normalizer keys (``cnn``) is an error before anyth
 
 from __future__ import annotations
 
+import random
 import statistics
 import sys
 from pathlib import Path
@@ -121,6 +122,7 @@ def first_batch(cfg, size: int):
     if len(dataset) == 0:
         raise ConfigError(f"{cfg.name}: the training set is empty, no batch to time")
     torch.manual_seed(0)
+    random.seed(0)  # DETR's transforms draw from Python's generator, as the official code's
     return task.collate([dataset[i % len(dataset)] for i in range(size)])
 
 
