@@ -95,20 +95,25 @@ inline double count_power(double n, double scale) {
   return last;
 }
 
-// Weights at tau + d from e (see the top), and the slope; V is float, double or a vector.
+// The unnormalised weight at tau + d of a key with gap g at tau and power e (see the top); V is
+// float, double or a vector. Keys off the support at tau (g <= 0) that enter at tau + d < tau
+// get 0 and are left to the caller: e is 0 there, and half_curv / g would make 0 * inf.
 template <typename V, typename T>
-inline void weights_at(V v, V e, double scale, double tau, double d, double beta,
-                       double half_curv, double inv_mass, double slope_scale, V& p, V& s) {
+ATTNKIT_ALWAYS_INLINE inline V weight_at(V g, V e, double d, double beta, double half_curv) {
   const V zero = V{};
-  const V g = static_cast<T>(scale) * v - static_cast<T>(tau);
-  const V gap = g - static_cast<T>(d);
-  // Keys off the support at tau (g <= 0) that enter at tau + d < tau are left to the caller:
-  // e is 0 there, and half_curv / g would make 0 * inf.
-  const auto in = (gap > static_cast<T>(1e-30)) & (g > static_cast<T>(1e-30));
+  const auto in = ((g - static_cast<T>(d)) > static_cast<T>(1e-30)) & (g > static_cast<T>(1e-30));
   const V safe = in ? g : zero + T(1);
-  const V pu = e * (g - static_cast<T>(beta * d) + static_cast<T>(half_curv) / safe);
-  p = in ? pu * static_cast<T>(inv_mass) : zero;
-  s = in ? p * static_cast<T>(slope_scale) / (in ? gap : zero + T(1)) : zero;
+  return in ? e * (g - static_cast<T>(beta * d) + static_cast<T>(half_curv) / safe) : zero;
+}
+
+// The weight p = pu / mass and its slope s = p^(2 - alpha) = p mass^(alpha - 1) / (g - d).
+template <typename V, typename T>
+ATTNKIT_ALWAYS_INLINE inline void normalised(V pu, V g, double d, double inv_mass,
+                                             double slope_scale, V& p, V& s) {
+  const V zero = V{};
+  const auto in = pu > zero;
+  p = pu * static_cast<T>(inv_mass);
+  s = in ? p * static_cast<T>(slope_scale) / (in ? g - static_cast<T>(d) : zero + T(1)) : zero;
 }
 
 // The solve of one row between passes: alpha-entmax of z[0:k] into out (and slope unless
@@ -205,18 +210,18 @@ void entmax_finish(const RowSolve<T>& r) {
   const T m = r.m;
   T* const out = r.out;
   T* const slope = r.slope;
-  const T* buf = r.buf;
-  const T* e = r.e;
+  T* const e = r.e;
   const double scale = r.scale, beta = 1.0 / scale, tau = r.tau, d = r.d;
   const PowerSums& ps = r.ps;
   const double half_curv = 0.5 * beta * (beta - 1.0) * d * d;
-  // Sum of the unnormalised weights (second order), in the layout of the other passes.
+  // The unnormalised weights (second order) into e, over the gaps gs of the last pass, and
+  // their sum in the layout of the other passes.
+  T* const gs = e + kp;
   V acc = V{};
   for (int64_t i = 0; i < kp; i += W) {
-    V p, s;
-    weights_at<V, T>(load(buf + i) - m, load(e + i), scale, tau, d, beta, half_curv, 1.0, 1.0,
-                     p, s);
-    acc += p;
+    const V pu = weight_at<V, T>(load(gs + i), load(e + i), d, beta, half_curv);
+    std::memcpy(e + i, &pu, sizeof pu);
+    acc += pu;
   }
   const double mass = std::max(static_cast<double>(lanes_sum<T>(acc)), kTiny);
   const double inv_mass = 1.0 / mass, slope_scale = pow_near_one(mass, scale);  // mass^(alpha - 1)
@@ -254,12 +259,11 @@ void entmax_finish(const RowSolve<T>& r) {
   int64_t i = 0;
   for (; i + W <= k; i += W) {
     V p, s;
-    const V v = load(z + i) - m;
-    weights_at<V, T>(v, load(e + i), scale, tau, d, beta, half_curv, inv_mass, slope_scale, p, s);
+    const V g = load(gs + i);
+    normalised<V, T>(load(e + i), g, d, inv_mass, slope_scale, p, s);
     std::memcpy(out + i, &p, sizeof p);
     if (slope != nullptr) std::memcpy(slope + i, &s, sizeof s);
     if (any_near || any_enter) {
-      const V g = static_cast<T>(scale) * v - static_cast<T>(tau);
       const V flag = flagged(g) ? V{} + T(1) : V{};
       if (lanes_sum<T>(flag) > 0) {
         for (int l = 0; l < W; ++l) {
@@ -270,14 +274,10 @@ void entmax_finish(const RowSolve<T>& r) {
   }
   for (; i < k; ++i) {
     T p, s;
-    weights_at<T, T>(z[i] - m, e[i], scale, tau, d, beta, half_curv, inv_mass, slope_scale, p, s);
+    normalised<T, T>(e[i], gs[i], d, inv_mass, slope_scale, p, s);
     out[i] = p;
     if (slope != nullptr) slope[i] = s;
-    if (any_near || any_enter) {
-      if (flagged(static_cast<T>(static_cast<T>(scale) * (z[i] - m) - static_cast<T>(tau)))) {
-        exact_at(i);
-      }
-    }
+    if ((any_near || any_enter) && flagged(gs[i])) exact_at(i);
   }
 }
 
