@@ -8,9 +8,8 @@
 //      threshold of its 32 lane maxima (fewer keys, lower threshold; usually close).
 //   2. Newton passes over the row; each stores e = g^(beta - 1) per key, g = (x - tau)_+.
 //   3. Once the next step d is small (beta |d| <= 1e-3 in float32 rows), the weights at
-//      tau + d follow from e to second order, e (g - beta d + beta (beta - 1) d^2 / 2g) / mass.
-// (The backward pass computes the slope p^(2 - alpha) from p: storing it costs more, in memory
-// written and in the graph's saved tensors, than its power per key.)
+//      tau + d follow from e to second order, e (g - beta d + beta (beta - 1) d^2 / 2g) / mass,
+//      with the slope p^(2 - alpha) = p mass^(alpha - 1) / (g - d) for the backward pass.
 // Float32 rows compute the powers in float, 8 lanes, of the gap carried to double precision
 // (x - tau rounded, plus its rounding error from an exact product and sum): a weight p is then
 // off by about |ln p| 1e-7 relatively, whatever beta. Float64 rows compute in double.
@@ -22,6 +21,7 @@ namespace {
 using attnkit_fastmath::exp_f;
 using attnkit_fastmath::log_f;
 using attnkit_fastmath::pow_d;
+using attnkit_fastmath::pow_near_one;
 using attnkit_fastmath::pow_rough;
 using attnkit_lanes::lanes_sum;
 
@@ -106,14 +106,25 @@ ATTNKIT_ALWAYS_INLINE inline V weight_at(V g, V e, double d, double beta, double
   return in ? e * (g - static_cast<T>(beta * d) + static_cast<T>(half_curv) / safe) : zero;
 }
 
-// The solve of one row between passes: alpha-entmax of z[0:k] into out, with scratch buf
-// (padded(k) keys) and e (2 padded(k): powers, gaps).
+// The weight p = pu / mass and its slope s = p^(2 - alpha) = p mass^(alpha - 1) / (g - d).
+template <typename V, typename T>
+ATTNKIT_ALWAYS_INLINE inline void normalised(V pu, V g, double d, double inv_mass,
+                                             double slope_scale, V& p, V& s) {
+  const V zero = V{};
+  const auto in = pu > zero;
+  p = pu * static_cast<T>(inv_mass);
+  s = in ? p * static_cast<T>(slope_scale) / (in ? g - static_cast<T>(d) : zero + T(1)) : zero;
+}
+
+// The solve of one row between passes: alpha-entmax of z[0:k] into out (and slope unless
+// null), with scratch buf (padded(k) keys) and e (2 padded(k): powers, gaps).
 template <typename T>
 struct RowSolve {
   const T* z;
   int64_t k;
   double alpha;
   T* out;
+  T* slope;
   T* buf;
   T* e;
   int64_t kp = 0;
@@ -140,6 +151,7 @@ bool entmax_start(RowSolve<T>& r) {
   const T m = attnkit_lanes::lane_maxima(buf, kp, lane_max);
   if (m == -attnkit_lanes::inf<T>()) {
     std::fill(r.out, r.out + k, T(0));
+    if (r.slope != nullptr) std::fill(r.slope, r.slope + k, T(0));
     return false;
   }
   const double scale = r.alpha - 1.0;
@@ -188,7 +200,7 @@ bool entmax_advance(RowSolve<T>& r) {
   return ++r.steps >= kMaxSteps;
 }
 
-// Step 3: the weights of r at r.tau + r.d.
+// Step 3: the weights (and slopes) of r at r.tau + r.d.
 template <typename T>
 void entmax_finish(const RowSolve<T>& r) {
   using V = typename attnkit_lanes::Vec<T>::type;
@@ -197,6 +209,7 @@ void entmax_finish(const RowSolve<T>& r) {
   const int64_t k = r.k, kp = r.kp;
   const T m = r.m;
   T* const out = r.out;
+  T* const slope = r.slope;
   T* const e = r.e;
   const double scale = r.scale, beta = 1.0 / scale, tau = r.tau, d = r.d;
   const PowerSums& ps = r.ps;
@@ -211,7 +224,7 @@ void entmax_finish(const RowSolve<T>& r) {
     acc += pu;
   }
   const double mass = std::max(static_cast<double>(lanes_sum<T>(acc)), kTiny);
-  const double inv_mass = 1.0 / mass;
+  const double inv_mass = 1.0 / mass, slope_scale = pow_near_one(mass, scale);  // mass^(alpha - 1)
   // Keys near the threshold, where the expansion's third-order term t = third (d / g)^3,
   // relative to p, moves the slope s = p^(2 - alpha) = g^(beta - 1) by (2 - alpha) s t =
   // (2 - alpha) third d^3 g^(beta - 4) > 1e-8 (only possible for beta < 4): their p and s are
@@ -233,6 +246,7 @@ void entmax_finish(const RowSolve<T>& r) {
     const double gap = scale * static_cast<double>(z[j] - m) - tau - d;
     const double p = gap > kTiny ? pow_d(gap, beta) * inv_mass : 0.0;
     out[j] = static_cast<T>(p);
+    if (slope != nullptr) slope[j] = static_cast<T>(gap > kTiny ? p * slope_scale / gap : 0.0);
   };
   const bool any_near = ps.low < near;
   // A last step to the left (d < 0, from the rounding-level stop) can bring keys within |d|
@@ -244,9 +258,11 @@ void entmax_finish(const RowSolve<T>& r) {
   };
   int64_t i = 0;
   for (; i + W <= k; i += W) {
+    V p, s;
     const V g = load(gs + i);
-    const V p = load(e + i) * static_cast<T>(inv_mass);
+    normalised<V, T>(load(e + i), g, d, inv_mass, slope_scale, p, s);
     std::memcpy(out + i, &p, sizeof p);
+    if (slope != nullptr) std::memcpy(slope + i, &s, sizeof s);
     if (any_near || any_enter) {
       const V flag = flagged(g) ? V{} + T(1) : V{};
       if (lanes_sum<T>(flag) > 0) {
@@ -257,7 +273,10 @@ void entmax_finish(const RowSolve<T>& r) {
     }
   }
   for (; i < k; ++i) {
-    out[i] = e[i] * static_cast<T>(inv_mass);
+    T p, s;
+    normalised<T, T>(e[i], gs[i], d, inv_mass, slope_scale, p, s);
+    out[i] = p;
+    if (slope != nullptr) slope[i] = s;
     if ((any_near || any_enter) && flagged(gs[i])) exact_at(i);
   }
 }

@@ -2,9 +2,9 @@
 
 Each function flattens the scores to contiguous rows ``[N, K]`` in the compute dtype (float32
 for half precision, as the PyTorch path), runs the kernel's forward, and saves what the
-kernel's closed-form backward needs: the weights (the Jacobian's diagonal is 1, sqrt(p) or
-``p ** (2 - alpha)`` on the support, computed from them; alpha-entmax's backward kernel also
-returns the per-row gradient of alpha).
+kernel's closed-form backward needs: the weights (sparsemax, entmax-1.5: the Jacobian's
+diagonal is 1 or sqrt(p) on the support) or the weights and ``p ** (2 - alpha)`` (alpha-entmax,
+whose kernel also returns the per-row gradient of alpha).
 """
 
 from __future__ import annotations
@@ -88,8 +88,9 @@ class FusedAlphaEntmax(torch.autograd.Function):
         # One alpha per row, exactly as the compute dtype holds it (float32 for float32 rows).
         alpha_rows = alpha.detach().to(dtype).expand(*scores.shape[:-1], 1)
         alpha_rows = alpha_rows.to(torch.float64).reshape(-1).contiguous()  # [N]
-        out = fused_ops().entmax_forward(_rows(scores, dtype), alpha_rows)  # [N, K]
-        ctx.save_for_backward(out, alpha_rows)
+        want_slope = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        out, slope = fused_ops().entmax_forward(_rows(scores, dtype), alpha_rows, want_slope)
+        ctx.save_for_backward(out, slope, alpha_rows)
         ctx.scores_dtype, ctx.alpha_dtype = scores.dtype, alpha.dtype
         ctx.alpha_shape, ctx.row_shape = alpha.shape, (*scores.shape[:-1], 1)
         return out.view(scores.shape).to(scores.dtype)
@@ -97,10 +98,10 @@ class FusedAlphaEntmax(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        out, alpha_rows = ctx.saved_tensors
+        out, slope, alpha_rows = ctx.saved_tensors
         want_alpha = ctx.needs_input_grad[1]
         grad_in, grad_alpha_rows = fused_ops().entmax_backward(
-            out, _rows(grad, out.dtype), alpha_rows, want_alpha
+            out, slope, _rows(grad, out.dtype), alpha_rows, want_alpha
         )
         grad_alpha = None
         if want_alpha:

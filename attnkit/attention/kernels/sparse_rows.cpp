@@ -98,13 +98,14 @@ at::Tensor entmax15_forward(const at::Tensor& scores) {
 }
 
 template <typename T>
-void entmax_rows(const T* z, const double* alpha, T* out, int64_t rows, int64_t k) {
+void entmax_rows(const T* z, const double* alpha, T* out, T* slope, int64_t rows, int64_t k) {
   at::parallel_for(0, rows, grain_rows(k), [&](int64_t begin, int64_t end) {
     const int64_t kp = attnkit_lanes::padded(k);
     std::vector<T> scratch(static_cast<size_t>(6 * kp));  // 2 rows: keys, powers, gaps
     const auto row = [&](int64_t r, int64_t s) {
-      return RowSolve<T>{z + r * k, k, alpha[r], out + r * k, scratch.data() + 3 * s * kp,
-                         scratch.data() + (3 * s + 1) * kp};
+      return RowSolve<T>{z + r * k,    k, alpha[r], out + r * k,
+                         slope == nullptr ? nullptr : slope + r * k,
+                         scratch.data() + 3 * s * kp, scratch.data() + (3 * s + 1) * kp};
     };
     int64_t r = begin;  // two rows at a time (see entmax_power.h), then the odd one
     for (; r + 1 < end; r += 2) entmax_row_pair(row(r, 0), row(r + 1, 1));
@@ -112,15 +113,18 @@ void entmax_rows(const T* z, const double* alpha, T* out, int64_t rows, int64_t 
   });
 }
 
-at::Tensor entmax_forward(const at::Tensor& scores, const at::Tensor& alpha) {
+std::tuple<at::Tensor, at::Tensor> entmax_forward(const at::Tensor& scores,
+                                                  const at::Tensor& alpha, bool want_slope) {
   check_rows(scores, "entmax_forward");
   check_alpha(alpha, scores.size(0), "entmax_forward");
   at::Tensor out = at::empty_like(scores);
+  at::Tensor slope = want_slope ? at::empty_like(scores) : at::empty({0}, scores.options());
   AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "entmax_forward", [&] {
     entmax_rows(scores.const_data_ptr<scalar_t>(), alpha.const_data_ptr<double>(),
-                out.data_ptr<scalar_t>(), scores.size(0), scores.size(1));
+                out.data_ptr<scalar_t>(), want_slope ? slope.data_ptr<scalar_t>() : nullptr,
+                scores.size(0), scores.size(1));
   });
-  return out;
+  return {out, slope};
 }
 
 }  // namespace
@@ -132,8 +136,10 @@ TORCH_LIBRARY(attnkit_sparse_rows, m) {
   m.def("sparsemax_backward(Tensor out, Tensor grad) -> Tensor", &sparsemax_backward);
   m.def("entmax15_forward(Tensor scores) -> Tensor", &entmax15_forward);
   m.def("entmax15_backward(Tensor out, Tensor grad) -> Tensor", &entmax15_backward);
-  m.def("entmax_forward(Tensor scores, Tensor alpha) -> Tensor", &entmax_forward);
+  m.def("entmax_forward(Tensor scores, Tensor alpha, bool want_slope) -> (Tensor, Tensor)",
+        &entmax_forward);
   m.def(
-      "entmax_backward(Tensor out, Tensor grad, Tensor alpha, bool want_alpha) -> (Tensor, Tensor)",
+      "entmax_backward(Tensor out, Tensor slope, Tensor grad, Tensor alpha, bool want_alpha)"
+      " -> (Tensor, Tensor)",
       &entmax_backward);
 }

@@ -1,7 +1,7 @@
 // Closed-form backward passes of the fused normalizers (part of sparse_rows.cpp).
 //
 // With s_i the diagonal of the Jacobian on the support (sparsemax: 1, entmax-1.5: sqrt(p_i),
-// alpha-entmax: p_i^(2 - alpha), computed here from p), the gradient of the scores is s * (g - <g, s> / sum(s)):
+// alpha-entmax: p_i^(2 - alpha)), the gradient of the scores is s * (g - <g, s> / sum(s)):
 // one pass for the row sums, one for the result. Alpha-entmax adds, per row, the gradient with
 // respect to alpha (Correia et al. 2019), written as attnkit's PyTorch path and the entmax
 // package write it:
@@ -54,60 +54,24 @@ void entmax15_backward_row(const T* p, const T* g, T* gi, int64_t k) {
   }
 }
 
-// The slope p^(2 - alpha) of alpha-entmax at weight p, 0 off the support: its Jacobian's
-// diagonal. V is T or a vector of T; float32 in float (2e-7 relative), float64 in double.
-template <typename V, typename T>
-ATTNKIT_ALWAYS_INLINE inline V entmax_slope(V p, T power) {
-  const V zero = V{}, one = zero + T(1);
-  const auto in = p >= std::numeric_limits<T>::min();  // normal numbers (log's bit tricks)
-  if constexpr (std::is_same<T, float>::value) {
-    return in ? attnkit_fastmath::exp_f(power * attnkit_fastmath::log_f(in ? p : one)) : zero;
-  } else {
-    return in ? attnkit_fastmath::exp_d<true>(power * attnkit_fastmath::log_d<true>(in ? p : one))
-              : zero;
-  }
-}
-
-// Float lanes widened to double for the row sums (8 floats -> 8 doubles, two AVX2 registers).
-typedef double vdouble8 __attribute__((vector_size(64)));
-inline vdouble8 widen(attnkit_fastmath::vfloat v) { return __builtin_convertvector(v, vdouble8); }
-inline attnkit_fastmath::vdouble widen(attnkit_fastmath::vdouble v) { return v; }
-
-// Writes the gradient of the scores into gi; returns the gradient of alpha (0 unless
-// want_alpha). The slopes pass through gi: no buffer, nothing saved by the forward pass.
+// Returns the gradient of alpha (0 unless want_alpha).
 template <typename T>
-double entmax_backward_row(const T* p, const T* g, T* gi, int64_t k, double alpha,
+double entmax_backward_row(const T* p, const T* sl, const T* g, T* gi, int64_t k, double alpha,
                            bool want_alpha) {
-  using V = typename attnkit_lanes::Vec<T>::type;
-  constexpr int W = attnkit_lanes::Vec<T>::size;
   constexpr bool kPrecise = std::is_same<T, double>::value;
-  const T power = static_cast<T>(2.0 - alpha);
-  decltype(widen(V{})) sg_v = {}, ss_v = {};
-  int64_t i = 0;
-  for (; i + W <= k; i += W) {
-    const V s = entmax_slope<V, T>(attnkit_lanes::load(p + i), power);
-    std::memcpy(gi + i, &s, sizeof s);
-    sg_v += widen(s * attnkit_lanes::load(g + i));
-    ss_v += widen(s);
-  }
   double sg = 0.0, ss = 0.0;
-  for (int l = 0; l < W; ++l) {
-    sg += sg_v[l];
-    ss += ss_v[l];
-  }
-  for (; i < k; ++i) {
-    const T s = entmax_slope<T, T>(p[i], power);
-    gi[i] = s;
-    sg += static_cast<double>(s * g[i]);
-    ss += static_cast<double>(s);
+#pragma omp simd reduction(+ : sg, ss)
+  for (int64_t i = 0; i < k; ++i) {
+    sg += static_cast<double>(sl[i]) * static_cast<double>(g[i]);
+    ss += static_cast<double>(sl[i]);
   }
   const double skewed = sg / std::max(ss, static_cast<double>(std::numeric_limits<T>::min()));
   double grad_alpha = 0.0;
   if (want_alpha) {
     double gp = 0.0, gh = 0.0, h = 0.0;
 #pragma omp simd reduction(+ : gp, gh, h)
-    for (int64_t j = 0; j < k; ++j) {
-      const double pi = static_cast<double>(p[j]), gv = static_cast<double>(g[j]);
+    for (int64_t i = 0; i < k; ++i) {
+      const double pi = static_cast<double>(p[i]), gv = static_cast<double>(g[i]);
       const bool in = pi > kTiny;
       const double log_p = attnkit_fastmath::log_d<kPrecise>(in ? pi : 1.0);
       const double plogp = in ? pi * log_p : 0.0;
@@ -119,8 +83,9 @@ double entmax_backward_row(const T* p, const T* g, T* gi, int64_t k, double alph
     grad_alpha = (gp - skewed) / (scale * scale) - (gh - skewed * h) / scale;
   }
 #pragma omp simd
-  for (int64_t j = 0; j < k; ++j) {
-    gi[j] = static_cast<T>(static_cast<double>(gi[j]) * (static_cast<double>(g[j]) - skewed));
+  for (int64_t i = 0; i < k; ++i) {
+    const double s = static_cast<double>(sl[i]);
+    gi[i] = static_cast<T>(s * (static_cast<double>(g[i]) - skewed));
   }
   return grad_alpha;
 }
@@ -155,26 +120,29 @@ at::Tensor entmax15_backward(const at::Tensor& out, const at::Tensor& grad) {
 }
 
 template <typename T>
-void entmax_backward_rows(const T* p, const T* g, const double* alpha, T* gi,
+void entmax_backward_rows(const T* p, const T* sl, const T* g, const double* alpha, T* gi,
                           double* grad_alpha, int64_t rows, int64_t k) {
   at::parallel_for(0, rows, grain_rows(k), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      const double ga = entmax_backward_row(p + r * k, g + r * k, gi + r * k, k, alpha[r],
-                                            grad_alpha != nullptr);
+      const double ga = entmax_backward_row(p + r * k, sl + r * k, g + r * k, gi + r * k, k,
+                                            alpha[r], grad_alpha != nullptr);
       if (grad_alpha != nullptr) grad_alpha[r] = ga;
     }
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> entmax_backward(const at::Tensor& out, const at::Tensor& grad,
+std::tuple<at::Tensor, at::Tensor> entmax_backward(const at::Tensor& out, const at::Tensor& slope,
+                                                   const at::Tensor& grad,
                                                    const at::Tensor& alpha, bool want_alpha) {
   check_pair(out, grad, "entmax_backward");
+  check_pair(slope, grad, "entmax_backward");
   check_alpha(alpha, out.size(0), "entmax_backward");
   at::Tensor grad_in = at::empty_like(grad);
   at::Tensor grad_alpha = at::empty({want_alpha ? out.size(0) : 0}, alpha.options());
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "entmax_backward", [&] {
-    entmax_backward_rows(out.const_data_ptr<scalar_t>(), grad.const_data_ptr<scalar_t>(),
-                         alpha.const_data_ptr<double>(), grad_in.data_ptr<scalar_t>(),
+    entmax_backward_rows(out.const_data_ptr<scalar_t>(), slope.const_data_ptr<scalar_t>(),
+                         grad.const_data_ptr<scalar_t>(), alpha.const_data_ptr<double>(),
+                         grad_in.data_ptr<scalar_t>(),
                          want_alpha ? grad_alpha.data_ptr<double>() : nullptr, out.size(0),
                          out.size(1));
   });
