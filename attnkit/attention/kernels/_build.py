@@ -27,8 +27,8 @@ import os
 import platform
 import shutil
 import sys
-import time
 import threading
+import time
 import warnings
 from pathlib import Path
 
