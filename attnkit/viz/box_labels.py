@@ -17,7 +17,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from matplotlib.transforms import Bbox
-from torchvision.ops import batched_nms
 
 __all__ = ["LABEL_GID", "label_extent", "place_label", "select_boxes"]
 
@@ -51,6 +50,8 @@ def select_boxes(
     if score_threshold is not None:
         keep = keep[scores[keep] >= score_threshold]
     if nms_iou is not None and len(keep):
+        from torchvision.ops import batched_nms  # here: importing torchvision takes seconds
+
         keep = keep[batched_nms(boxes[keep], scores[keep], labels[keep], float(nms_iou))]
     keep = keep[torch.argsort(scores[keep], descending=True, stable=True)]
     if top_k is not None:
