@@ -216,3 +216,45 @@ def test_trains_and_evaluates_through_the_cli(repo_root, tmp_path):
     assert report["class_names"] == ["ground", "building", "tree"]
     assert sum(map(sum, report["confusion"])) == metrics["num_pixels"]
     assert [row["class"] for row in report["per_class"]] == report["class_names"]
+
+
+class _Pointwise(torch.nn.Module):
+    """Logits from each pixel alone (a 1x1 conv), or, with context, plus the tile's mean: the
+    first is the same whole or tiled, the second is not."""
+
+    def __init__(self, context: bool):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 1)
+        self.context = context
+
+    def forward(self, images):
+        logits = self.conv(images)  # [B, 3, H, W]
+        if self.context:
+            logits = logits + 10.0 * images.mean(dim=(2, 3), keepdim=True)[:, :1]
+        return {"logits": logits}
+
+
+def test_eval_window_predicts_tiles_and_blends_their_logits(repo_root):
+    from attnkit.data.segmentation import collate_segmentation
+    from attnkit.tasks.segmentation import SlidingWindowSegmentationEvaluator
+
+    cfg = load_config(repo_root / SEG, [*SMALL, "data.eval_window=[24, 24]"])
+    task = task_of(cfg)
+    dataset = task.build_dataset(cfg, "val")
+    evaluator = task.build_evaluator(cfg, dataset)
+    assert isinstance(evaluator, SlidingWindowSegmentationEvaluator)
+    assert evaluator.window == [24, 24] and evaluator.overlap == 0.25
+    plain = task.build_evaluator(load_config(repo_root / SEG, SMALL), dataset)
+    assert not hasattr(plain, "predict")
+
+    batch = collate_segmentation([dataset[i] for i in range(4)])  # 64 x 64 images
+    torch.manual_seed(0)
+    pointwise, context = _Pointwise(False), _Pointwise(True)
+    whole = pointwise(**batch.inputs)["logits"]
+    torch.testing.assert_close(evaluator.predict(pointwise, batch), whole, atol=1e-5, rtol=0)
+    tiled = evaluator.predict(context, batch)  # the tiles' means differ from the image's
+    assert (tiled - context(**batch.inputs)["logits"]).abs().max() > 1e-2
+
+    evaluator.update(evaluator.predict(pointwise, batch), batch)
+    plain.update(pointwise(**batch.inputs), batch)
+    assert torch.equal(evaluator.metrics.confusion, plain.metrics.confusion)

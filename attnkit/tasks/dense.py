@@ -43,15 +43,9 @@ class SlidingWindowDenseEvaluator(DenseRegressionEvaluator):
 
     def predict(self, model, batch):
         """The model's prediction ``[B, out, H, W]`` for ``batch``, tile by tile."""
-        from attnkit.tasks.sliding_window import sliding_window_predict
+        from attnkit.tasks.sliding_window import tiled_prediction
 
-        inputs = batch.inputs
-
-        def tiles(images):
-            outputs = model(**{**inputs, "images": images})
-            return outputs["pred"] if isinstance(outputs, dict) else outputs
-
-        return sliding_window_predict(tiles, inputs["images"], self.window, self.overlap)
+        return tiled_prediction(model, batch, self.window, self.overlap, "pred")
 
 
 class DenseRegressionTask(Task):

@@ -4,7 +4,8 @@ The model maps images ``[B, 3, H, W]`` to logits ``[B, K, H, W]`` (the dense fam
 ``model.out_channels = K``); batches carry ``targets = {"labels": [B, H, W] int64}`` with
 ``data.ignore_index`` on pixels that count nowhere (nodata, padding). The loss is cross-entropy
 over the other pixels; the evaluator streams a confusion matrix and reads mIoU, per-class IoU,
-pixel accuracy and mean class accuracy off it.
+pixel accuracy and mean class accuracy off it. With ``data.eval_window`` it predicts each image
+as overlapping tiles with blended logits (:mod:`attnkit.tasks.sliding_window`) instead of whole.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from attnkit.tasks.segmentation_config import SegmentationDataConfig, Segmentati
 from attnkit.tasks.segmentation_loss import SegmentationLoss
 from attnkit.tasks.segmentation_metrics import SegmentationMetrics
 
-__all__ = ["SegmentationEvaluator", "SegmentationTask"]
+__all__ = ["SegmentationEvaluator", "SegmentationTask", "SlidingWindowSegmentationEvaluator"]
 
 ARTIFACT = "segmentation.json"
 """The file ``attnkit eval`` writes with the confusion matrix and the per-class scores."""
@@ -47,6 +48,21 @@ class SegmentationEvaluator:
                 "per_class": self.metrics.class_scores(self.class_names),
             }
         }
+
+
+class SlidingWindowSegmentationEvaluator(SegmentationEvaluator):
+    """:class:`SegmentationEvaluator` whose ``predict`` runs the model on overlapping ``window``
+    tiles of each batch and blends their logits (``data.eval_window`` / ``eval_overlap``)."""
+
+    def __init__(self, class_names, ignore_index: int, window, overlap: float):
+        super().__init__(class_names, ignore_index)
+        self.window, self.overlap = list(window), float(overlap)
+
+    def predict(self, model, batch):
+        """The logits ``[B, K, H, W]`` for ``batch``, tile by tile."""
+        from attnkit.tasks.sliding_window import tiled_prediction
+
+        return tiled_prediction(model, batch, self.window, self.overlap, "logits")
 
 
 class SegmentationTask(Task):
@@ -81,6 +97,10 @@ class SegmentationTask(Task):
         names = getattr(dataset, "class_names", None) or cfg.data.class_names
         if names is None:
             names = [str(i) for i in range(cfg.model.out_channels)]
+        if cfg.data.eval_window:
+            return SlidingWindowSegmentationEvaluator(
+                names, cfg.data.ignore_index, cfg.data.eval_window, cfg.data.eval_overlap
+            )
         return SegmentationEvaluator(names, cfg.data.ignore_index)
 
     def check(self, cfg, dataset) -> None:

@@ -47,6 +47,10 @@ class SegmentationDataConfig:
     # is the number of classes and must equal model.out_channels; null: model.out_channels
     # classes named by their ids.
     class_names: Annotated[list[str], non_empty()] | None = None
+    # Evaluation: predict [H, W] tiles overlapping by ``eval_overlap`` of a tile and blend their
+    # logits; null: the whole image at once.
+    eval_window: ImageSize | None = None
+    eval_overlap: Annotated[float, between(0, 0.9)] = 0.25
     batch_size: PositiveInt = 16
     num_workers: NonNegativeInt = 2
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-__all__ = ["blend_weight", "sliding_window_predict", "tile_starts"]
+__all__ = ["blend_weight", "sliding_window_predict", "tile_starts", "tiled_prediction"]
 
 WEIGHT_FLOOR = 0.05  # the weight of a tile's border pixels, relative to its centre
 
@@ -83,3 +83,15 @@ def sliding_window_predict(
             out[:, :, top : top + th, left : left + tw] += pred.float() * weight
             total[top : top + th, left : left + tw] += weight
     return out / total
+
+
+def tiled_prediction(model, batch, window: Sequence[int], overlap: float, key: str):
+    """The model's output ``key`` (``pred``, ``logits``) for ``batch``, predicted tile by tile
+    over ``batch.inputs["images"]`` (the evaluators' ``predict`` with ``data.eval_window``)."""
+    inputs = batch.inputs
+
+    def tiles(images: torch.Tensor) -> torch.Tensor:
+        outputs = model(**{**inputs, "images": images})
+        return outputs[key] if isinstance(outputs, dict) else outputs
+
+    return sliding_window_predict(tiles, inputs["images"], window, overlap)
