@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import re
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import torch
 from PIL import Image
 
 import attnkit.data.heightmaps as heightmaps
+from attnkit.config import ConfigError, load_config
 from attnkit.data.heightmaps import (
     GENERATOR_VERSION,
     NODATA_LABEL,
@@ -198,6 +200,39 @@ def test_folder_dataset_reads_png_and_npy_labels(tmp_path):
     # Without class names: model.out_channels classes named by their ids.
     cfg = SegmentationDataConfig(name="folder", root=str(tmp_path))
     assert build_segmentation_dataset(cfg, "train", num_classes=4).class_names == tuple("0123")
+
+
+def test_folder_crops_are_windows_of_the_image_padded_with_the_ignore_index(tmp_path):
+    big = _pair(tmp_path / "train", "a", (20, 24))
+    small = _pair(tmp_path / "train", "b", (6, 9))
+    cfg = SegmentationDataConfig(
+        name="folder", root=str(tmp_path), class_names=["x", "y", "z"], crop_size=[8, 10]
+    )
+    dataset = build_segmentation_dataset(cfg, "train", train=True)
+    whole = build_segmentation_dataset(cfg, "train", train=False)  # evaluation: no crops
+    assert whole[0][1]["labels"].shape == (20, 24)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        image, targets = dataset[0]
+        assert image.shape == (3, 8, 10) and targets["labels"].shape == (8, 10)
+        torch.manual_seed(seed)
+        top, left = (int(torch.randint(n, ())) for n in (20 - 8 + 1, 24 - 10 + 1))
+        window = big[top : top + 8, left : left + 10].astype(np.int64)
+        labels = targets["labels"].numpy()  # the window, maybe flipped
+        assert any(
+            np.array_equal(labels, w)
+            for w in (window, window[::-1], window[:, ::-1], window[::-1, ::-1])
+        )
+    image, targets = dataset[1]  # 6 x 9: padded to 8 x 10 with ignored labels
+    assert image.shape == (3, 8, 10)
+    assert (targets["labels"][6:] == 255).all() and (targets["labels"][:, 9:] == 255).all()
+    assert (image[:, 6:] == 0).all()
+    assert sorted(targets["labels"][:6, :9].flatten().tolist()) == sorted(small.flatten().tolist())
+    with pytest.raises(ConfigError, match="crop_size' crops folder images"):
+        load_config(
+            Path(__file__).parents[1] / "configs/dense/synth_swin_segformer_seg.yaml",
+            ["data.crop_size=[32,32]"],
+        )
 
 
 def test_folder_dataset_bad_inputs_are_one_line_errors(tmp_path):

@@ -23,11 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from attnkit.data.classification import _load_rgb
 from attnkit.data.coco import DatasetError
-from attnkit.data.dense import random_flips
+from attnkit.data.dense import random_flips, random_window
 from attnkit.data.heightmaps import (
     HEIGHTMAP_MEAN,
     HEIGHTMAP_STD,
@@ -45,6 +46,7 @@ __all__ = [
     "SegmentationSample",
     "build_segmentation_dataset",
     "collate_segmentation",
+    "pad_segmentation",
     "read_label",
     "segmentation_sample",
 ]
@@ -218,6 +220,7 @@ class SegmentationFolderDataset(torch.utils.data.Dataset):
         train: bool = False,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        crop_size: Sequence[int] | None = None,
     ):
         folder = Path(folder).expanduser()
         image_dir, label_dir = folder / "images", folder / "labels"
@@ -252,6 +255,7 @@ class SegmentationFolderDataset(torch.utils.data.Dataset):
         self.folder, self.class_names = folder, tuple(class_names)
         self.ignore_index, self.train = int(ignore_index), train
         self.mean, self.std = tuple(mean), tuple(std)
+        self.crop_size = list(crop_size) if crop_size else None
 
     @property
     def num_classes(self) -> int:
@@ -270,9 +274,27 @@ class SegmentationFolderDataset(torch.utils.data.Dataset):
                 f"{label_path} are {labels.shape}"
             )
         _check_ids(labels, self.num_classes, self.ignore_index, f"labels {label_path}")
-        return segmentation_sample(
+        crop = self.crop_size if self.train else None
+        if crop:  # a random window (torch's RNG: resume stays exact)
+            top, left = random_window(*labels.shape, crop)
+            image = image[top : top + crop[0], left : left + crop[1]]
+            labels = labels[top : top + crop[0], left : left + crop[1]]
+        sample = segmentation_sample(
             image, labels, self.mean, self.std, self.ignore_index, self.train
         )
+        return pad_segmentation(sample, crop) if crop else sample
+
+
+def pad_segmentation(sample: SegmentationSample, size: Sequence[int]) -> SegmentationSample:
+    """Pad a sample at the bottom / right to at least ``size``: image 0 (the normalised mean),
+    labels ``ignore_index``, so the padding counts nowhere."""
+    image, targets = sample
+    h, w = image.shape[-2:]
+    pad = (0, max(size[1] - w, 0), 0, max(size[0] - h, 0))
+    if not any(pad):
+        return sample
+    labels = F.pad(targets["labels"], pad, value=int(targets["ignore_index"]))
+    return F.pad(image, pad), {**targets, "labels": labels}
 
 
 # --------------------------------------------------------------------------- batches
@@ -366,7 +388,8 @@ def build_segmentation_dataset(
         if not names:
             raise ValueError("the folder dataset needs data.class_names or num_classes")
         folder = Path(data_cfg.root).expanduser() / split
-        return SegmentationFolderDataset(folder, names, ignore, train)
+        crop = data_cfg.crop_size
+        return SegmentationFolderDataset(folder, names, ignore, train, crop_size=crop)
     raise ValueError(
         f"unknown segmentation dataset {data_cfg.name!r}; expected 'synthetic' or 'folder'"
     )

@@ -47,6 +47,9 @@ class SegmentationDataConfig:
     # is the number of classes and must equal model.out_channels; null: model.out_channels
     # classes named by their ids.
     class_names: Annotated[list[str], non_empty()] | None = None
+    # Training on folder data: a random [H, W] window of every image per sample (smaller ones
+    # padded with ignore_index labels); null: whole images.
+    crop_size: ImageSize | None = None
     # Evaluation: predict [H, W] tiles overlapping by ``eval_overlap`` of a tile and blend their
     # logits; null: the whole image at once.
     eval_window: ImageSize | None = None
@@ -55,6 +58,12 @@ class SegmentationDataConfig:
     num_workers: NonNegativeInt = 2
 
     CHECKS: ClassVar = (
+        rule(
+            ("crop_size", "name"),
+            lambda d: d.crop_size is None or d.name == "folder",
+            "'{p}crop_size' crops folder images; the synthetic scenes are drawn at "
+            "'{p}image_size': set that instead",
+        ),
         rule(
             ("class_names", "ignore_index"),
             lambda d: d.class_names is None or d.ignore_index >= len(d.class_names),
