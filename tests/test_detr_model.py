@@ -345,3 +345,18 @@ def test_tiny_detr_overfits_one_batch():
         optimizer.step()
         first = float(loss.detach()) if first is None else first
     assert float(loss.detach()) < 0.25 * first, (first, float(loss.detach()))
+
+
+def test_site_labels_name_a_maxvit_backbones_attention(repo_root):
+    from attnkit.config import load_config
+    from attnkit.models.detr.family import site_label
+
+    cfg = load_config(repo_root / "configs/detr/shapes_tiny_maxvit_sparsemax.yaml", [])
+    names = [n for n, _ in build_model(cfg).named_modules()]
+    backbone = [n for n in names if n.startswith("backbone.") and n.endswith(".attn")]
+    assert backbone and all(site_label(n) for n in backbone)
+    assert site_label("backbone.body.stages.1.blocks.0.attn_grid.attn") == (
+        "backbone stage 2 block 1 grid"
+    )
+    assert site_label("backbone.body.stem.conv") is None
+    assert site_label("transformer.decoder.layers.2.multihead_attn") == "decoder L3 cross"

@@ -10,10 +10,18 @@ from attnkit.models.detr.official import OFFICIAL_BACKBONE, load_official_detr
 from attnkit.models.registry import Family, register_family
 
 _SITE = re.compile(r"(encoder|decoder)\.layers\.(\d+)\.(self_attn|multihead_attn)$")
+_BACKBONE = "backbone.body."  # attnkit's MaxViT as a backbone (maxvit:<variant>)
 
 
 def site_label(name: str) -> str | None:
-    """``transformer.decoder.layers.2.multihead_attn`` -> ``decoder L3 cross``."""
+    """``transformer.decoder.layers.2.multihead_attn`` -> ``decoder L3 cross``; a MaxViT
+    backbone's ``backbone.body.stages.0.blocks.1.attn_grid.attn`` -> ``backbone stage 1 block 2
+    grid``."""
+    if name.startswith(_BACKBONE):
+        from attnkit.models.maxvit.family import site_label as maxvit_label
+
+        inner = maxvit_label(name[len(_BACKBONE) :])
+        return f"backbone {inner}" if inner else None
     found = _SITE.search(name)
     if found is None:
         return None
