@@ -18,7 +18,6 @@ epilog of ``--help``). Nothing here asserts a time.
     attnkit bench models configs/sa_conv/ --device cpu --threads 2
     attnkit bench models configs/cnn/cifar10_resnet18.yaml configs/vit/ --quick
     attnkit bench models configs/vit/synth_softmax.yaml model.depth=2 --out results/models.md
-    python benchmarks/bench_models.py configs/vit configs/cnn --device cuda --batch 256
     attnkit bench models --normalizers softmax,sparsemax configs/detr/shapes_tiny_softmax.yaml
 """
 
