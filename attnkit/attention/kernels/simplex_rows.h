@@ -17,6 +17,16 @@ T start_below(double bound, double mean) {
   return std::max(T(-1), round_down<T>(bound - 1e-5 * (1.0 + std::abs(mean))));
 }
 
+// Copies z[0:k] into buf (padded with -inf) and returns its maximum, with the maxima of its
+// lanes in lane_max; a row of only -inf gets zero weights in out (and returns -inf).
+template <typename T>
+T open_row(const T* z, int64_t k, T* out, T* buf, T* lane_max) {
+  attnkit_lanes::load_row(z, k, buf);
+  const T m = attnkit_lanes::lane_maxima(buf, attnkit_lanes::padded(k), lane_max);
+  if (m == -inf<T>()) std::fill(out, out + k, T(0));
+  return m;
+}
+
 // ---------------------------------------------------------------- sparsemax
 
 // Sparsemax threshold of v = z - m from a lower bound tau.
@@ -34,14 +44,10 @@ T sparsemax_threshold(const T* z, int64_t k, T m, T tau) {
 
 template <typename T>
 void sparsemax_row(const T* z, int64_t k, T* out, T* buf) {
-  attnkit_lanes::load_row(z, k, buf);
   const int64_t kp = attnkit_lanes::padded(k);
   T lane_max[kMaxLanes];
-  const T m = attnkit_lanes::lane_maxima(buf, kp, lane_max);
-  if (m == -inf<T>()) {
-    std::fill(out, out + k, T(0));
-    return;
-  }
+  const T m = open_row(z, k, out, buf, lane_max);
+  if (m == -inf<T>()) return;
   // (Short rows gain nothing from the mean bound that entmax-1.5 uses: measured.)
   T tau = sparsemax_threshold(lane_max, kMaxLanes, m, T(-1));
   tau = sparsemax_threshold(buf, kp, m, tau);  // one pass when the lanes held the whole row
@@ -71,14 +77,10 @@ T entmax15_threshold(const T* z, int64_t k, T m, T tau) {
 
 template <typename T>
 void entmax15_row(const T* z, int64_t k, T* out, T* buf) {
-  attnkit_lanes::load_row(z, k, buf);
   const int64_t kp = attnkit_lanes::padded(k);
   T lane_max[kMaxLanes];
-  const T m = attnkit_lanes::lane_maxima(buf, kp, lane_max);
-  if (m == -inf<T>()) {
-    std::fill(out, out + k, T(0));
-    return;
-  }
+  const T m = open_row(z, k, out, buf, lane_max);
+  if (m == -inf<T>()) return;
   T tau;
   if (const int64_t ks = attnkit_lanes::short_row_keys(buf, kp)) {
     // (mean (y - tau)_+)^2 <= mean (y - tau)_+^2 = 1 / n: tau >= mean(y) - 1 / sqrt(n).
