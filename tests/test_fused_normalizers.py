@@ -145,6 +145,20 @@ def test_key_at_the_threshold_gives_no_nan():
     torch.testing.assert_close(out.double(), reference, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("k", [7, 49, 256])
+def test_float32_rows_agree_with_float64_over_alphas_and_spreads(k):
+    # Float32 rows take rough passes (low-precision powers) towards the threshold before the
+    # exact ones; float64 rows take exact passes only. The weights must not depend on the path.
+    gen = torch.Generator().manual_seed(k)
+    for sigma in (0.05, 1.0, 20.0):
+        scores = torch.randn(4, 6000 // k, k, generator=gen) * sigma
+        alphas = torch.tensor([1.01, 1.1, 1.5, 1.99]).view(-1, 1, 1)
+        single = alpha_entmax(scores, alphas, backend="fused")
+        double = alpha_entmax(scores.double(), alphas.double(), backend="fused")
+        assert torch.isfinite(single).all()
+        torch.testing.assert_close(single.double(), double, atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_fully_masked_rows_have_zero_gradient(name):
     scores = torch.randn(1, 4, 3, 12, dtype=torch.float64)

@@ -55,6 +55,7 @@ _HEADERS = (
     "lanes.h",
     "simplex_rows.h",
     "entmax_power.h",
+    "entmax_steps.h",
     "entmax_rows.h",
     "sparse_rows_backward.h",
 )

@@ -176,4 +176,62 @@ void power_pass_pair(const T* za, const T* zb, int64_t kp, PowerAcc<T>& a, Power
   });
 }
 
+// Rough passes (float32 rows), which bring tau near the root before the exact passes above
+// decide the weights: sums of powers computed to ~2e-5 relative by log2_rough / exp2_rough,
+// nothing stored, and no near-key or third-order terms (a rough pass never ends a solve).
+struct RoughSums {
+  double mass = 0.0, deriv = 0.0, bend = 0.0;  // sums of g^beta, g^(beta - 1), g^(beta - 2)
+};
+
+struct RoughAcc {
+  using V = vfloat;
+  static constexpr int W = 8;
+  float m, sc, tau, bm2;
+  V ms[2], dv[2], bd[2];
+
+  RoughAcc(float m_, double scale, double tau_, double beta)
+      : m(m_),
+        sc(static_cast<float>(scale)),
+        tau(static_cast<float>(tau_)),
+        bm2(static_cast<float>(beta - 2.0)) {
+    for (int j = 0; j < 2; ++j) ms[j] = dv[j] = bd[j] = V{};
+  }
+
+  // The sums over keys [i, i + W) of z, in accumulator j: the power g^(beta - 2) (at most
+  // 1e30 for g >= 1e-30, as beta >= 1), then g^(beta - 1) and g^beta by products.
+  ATTNKIT_ALWAYS_INLINE void add(const float* z, int64_t i, int j) {
+    const V zero = {}, one = zero + 1.0f;
+    const V g = sc * (load(z + i) - m) - tau;
+    const auto in = g > 1e-30f;
+    const V safe = in ? g : one;
+    const V b = in ? attnkit_fastmath::exp2_rough(bm2 * attnkit_fastmath::log2_rough(safe)) : zero;
+    const V e = b * safe;
+    bd[j] += b;
+    dv[j] += e;
+    ms[j] += e * safe;
+  }
+
+  RoughSums sums() const {
+    return {lanes_sum<float>(ms[0] + ms[1]), lanes_sum<float>(dv[0] + dv[1]),
+            lanes_sum<float>(bd[0] + bd[1])};
+  }
+};
+
+// RoughSums of the padded row z[0:kp] (shifted by m) at tau.
+inline RoughSums rough_pass(const float* z, int64_t kp, float m, double scale, double tau) {
+  RoughAcc acc(m, scale, tau, 1.0 / scale);
+  attnkit_lanes::for_vector_pairs<RoughAcc::W>(
+      kp, [&](int64_t i, int j) ATTNKIT_ALWAYS_INLINE { acc.add(z, i, j); });
+  return acc.sums();
+}
+
+// The rough passes of two rows of kp keys in one loop (each as rough_pass).
+inline void rough_pass_pair(const float* za, const float* zb, int64_t kp, RoughAcc& a,
+                            RoughAcc& b) {
+  attnkit_lanes::for_vector_pairs<RoughAcc::W>(kp, [&](int64_t i, int j) ATTNKIT_ALWAYS_INLINE {
+    a.add(za, i, j);
+    b.add(zb, i, j);
+  });
+}
+
 }  // namespace

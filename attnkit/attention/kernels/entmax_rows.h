@@ -5,14 +5,21 @@
 // so Newton steps from the left stay left of the root and converge quadratically; a bracket
 // [lo, hi] catches the steps that rounding throws off (they bisect instead).
 //   1. Start: the largest of three lower bounds: -1, the power-mean bound of the row, and the
-//      threshold of its 32 lane maxima (fewer keys, lower threshold; usually close).
-//   2. Newton passes over the row; each stores e = g^(beta - 1) per key, g = (x - tau)_+.
+//      threshold of its 32 lane maxima (long rows; fewer keys, lower threshold; often close).
+//   2. Passes over the row, each followed by a Newton step:
+//      * rough passes (float32 rows) compute the powers to ~2e-5 and store nothing: about half
+//        the work of an exact pass. They run while the step they take leaves an error (the
+//        norm's curvature times the step squared) too large for the finish below, and they
+//        never end a solve. A row starts with one unless its lane maxima's own support is
+//        small (then their threshold is likely close and an exact pass may end the solve);
+//      * exact passes store e = g^(beta - 1) per key, g = (x - tau)_+.
 //   3. Once the next step d is small (beta |d| <= 1e-3 in float32 rows), the weights at
 //      tau + d follow from e to second order, e (g - beta d + beta (beta - 1) d^2 / 2g) / mass,
 //      with the slope p^(2 - alpha) = p mass^(alpha - 1) / (g - d) for the backward pass.
-// Float32 rows compute the powers in float, 8 lanes, of the gap carried to double precision
-// (x - tau rounded, plus its rounding error from an exact product and sum): a weight p is then
-// off by about |ln p| 1e-7 relatively, whatever beta. Float64 rows compute in double.
+// Float32 rows compute the exact powers in float, 8 lanes, of the gap carried to double
+// precision (x - tau rounded, plus its rounding error from an exact product and sum): a weight p
+// is then off by about |ln p| 1e-7 relatively, whatever beta. Float64 rows compute in double.
+// The weights come from exact passes only: rough ones change the path to tau, not the result.
 
 #pragma once
 
@@ -22,67 +29,7 @@ using attnkit_fastmath::exp_f;
 using attnkit_fastmath::log_f;
 using attnkit_fastmath::pow_d;
 using attnkit_fastmath::pow_near_one;
-using attnkit_fastmath::pow_rough;
 using attnkit_lanes::lanes_sum;
-
-// The Newton step on ||.||_beta - 1 at tau (tau + step), or a bisection of the updated
-// bracket when the step leaves it.
-inline double newton_next(double tau, const PowerSums& ps, double scale, double& lo,
-                          double& hi) {
-  if (ps.mass >= 1.0) {
-    lo = std::max(lo, tau);
-  } else {
-    hi = std::min(hi, tau);
-  }
-  if (!(ps.mass > 0.0)) return 0.5 * (lo + hi);
-  const double next =
-      tau + (ps.mass - pow_rough(ps.mass, 1.0 - scale)) / std::max(ps.deriv, kTiny);
-  return next >= lo && next <= hi ? next : 0.5 * (lo + hi);
-}
-
-// Passes from tau until the threshold is tau + d for a small step d, where the weights follow
-// from e to second order (see weights_at). Each pass takes a Newton step on the beta-norm
-// (convex: from the left it never overshoots; nearly linear for large beta, where a Taylor
-// model of sum g^beta is poor). Once no key would enter or leave the support, the pass also
-// solves the second-order model sum e (g - beta d + beta (beta - 1) d^2 / 2g) = 1, and that
-// step d is the last when the third-order terms it leaves out, in the threshold and in a
-// weight, are below tol (or beta |d| is at the rounding level, floor). newton_step decides
-// one pass (ps at tau): the step, and whether it is the last.
-inline bool newton_step(double tau, const PowerSums& ps, double scale, double tol, double floor,
-                        double& lo, double& hi, double& step) {
-  const double beta_m1 = 1.0 / scale - 1.0, beta = beta_m1 + 1.0;
-  step = newton_next(tau, ps, scale, lo, hi) - tau;
-  if (beta * std::abs(step) <= floor) return true;
-  if (step > ps.high && 2.0 * std::abs(step) < ps.low) {
-    const double third = std::abs(beta * beta_m1 * (beta - 2.0)) / 6.0;
-    const double slope = beta * ps.deriv, bend = beta * beta_m1 * ps.bend;
-    const double disc = slope * slope - 2.0 * bend * (ps.mass - 1.0);
-    double quad = step;
-    if (bend > 0.0 && disc >= 0.0) quad = (ps.mass - 1.0) * 2.0 / (slope + std::sqrt(disc));
-    const double size = std::abs(quad), cube = size * size * size;
-    const double tau_error = third * ps.bend3 * cube / std::max(slope, kTiny);
-    const double weight_error = third * ps.curv * cube / std::max(ps.mass, kTiny);
-    if (quad > ps.high && 2.0 * size < ps.low &&
-        std::max(beta * tau_error * ps.bend / std::max(ps.deriv, kTiny), weight_error) <= tol) {
-      step = quad;
-      return true;
-    }
-  }
-  return false;
-}
-
-// The passes from tau until newton_step stops; returns tau (ps and step: the last pass's).
-template <typename T>
-double newton_solve(const T* z, int64_t kp, T m, double scale, double tau, double tol,
-                    double floor, double& lo, double& hi, T* e, PowerSums& ps, double& step) {
-  const double beta_m1 = 1.0 / scale - 1.0;
-  for (int it = 0; it < kMaxSteps; ++it) {
-    ps = power_pass(z, kp, m, scale, tau, beta_m1, e);
-    if (newton_step(tau, ps, scale, tol, floor, lo, hi, step)) break;
-    tau += step;
-  }
-  return tau;
-}
 
 // n^(-scale), remembered for the next row: rows of a tensor share n, and a head's rows alpha.
 inline double count_power(double n, double scale) {
@@ -115,24 +62,6 @@ ATTNKIT_ALWAYS_INLINE inline void normalised(V pu, V g, double d, double inv_mas
   p = pu * static_cast<T>(inv_mass);
   s = in ? p * static_cast<T>(slope_scale) / (in ? g - static_cast<T>(d) : zero + T(1)) : zero;
 }
-
-// The solve of one row between passes: alpha-entmax of z[0:k] into out (and slope unless
-// null), with scratch buf (padded(k) keys) and e (2 padded(k): powers, gaps).
-template <typename T>
-struct RowSolve {
-  const T* z;
-  int64_t k;
-  double alpha;
-  T* out;
-  T* slope;
-  T* buf;
-  T* e;
-  int64_t kp = 0;
-  T m = 0;
-  double scale = 0.0, tau = 0.0, lo = 0.0, hi = 0.0, d = 0.0, tol = 0.0, floor = 0.0;
-  PowerSums ps;
-  int steps = 0;
-};
 
 // Step 1 (see the top): the start and the bracket of r's threshold. False for a row of only
 // -inf (zeros written: nothing to solve).
@@ -174,10 +103,12 @@ bool entmax_start(RowSolve<T>& r) {
   double lo_sub = -1.0, hi = 0.0, d = 0.0;
   PowerSums ps;
   double tau_sub = lo_sub;
+  int sub_support = L;  // lane maxima in the support of their own threshold
   if (n_row > 2 * L) {  // short rows skip the lane maxima: their passes cost as much
     lo_sub = std::max(lo_sub, power_mean(lane_max, L, n_sub));
     tau_sub = newton_solve(lane_max, L, m, scale, lo_sub, 1e-3, 1e-3, lo_sub, hi, e, ps,
                                   d) + d;
+    sub_support = static_cast<int>(std::count_if(e + L, e + 2 * L, [&](T g) { return g > d; }));
   }
   double lo = std::max({-1.0, lo_row, lo_sub});
   const bool single = std::is_same<T, float>::value;
@@ -189,15 +120,11 @@ bool entmax_start(RowSolve<T>& r) {
   r.hi = 0.0;
   r.tol = single ? 1e-8 : 1e-18;
   r.floor = single ? 1e-7 : 1e-14;
+  r.rough = single ? kMaxRough : 0;
+  // A row with a few lane maxima in their own support likely holds few more keys there, and
+  // their threshold is then close: an exact pass may end the solve at once.
+  r.next_rough = single && sub_support > kRoughSupport;
   return true;
-}
-
-// Step 2, one pass's decision (r.ps at r.tau): true when r's threshold is r.tau + r.d.
-template <typename T>
-bool entmax_advance(RowSolve<T>& r) {
-  if (newton_step(r.tau, r.ps, r.scale, r.tol, r.floor, r.lo, r.hi, r.d)) return true;
-  r.tau += r.d;
-  return ++r.steps >= kMaxSteps;
 }
 
 // Step 3: the weights (and slopes) of r at r.tau + r.d.
@@ -285,10 +212,8 @@ void entmax_finish(const RowSolve<T>& r) {
 template <typename T>
 void entmax_row(RowSolve<T> r) {
   if (!entmax_start(r)) return;
-  const double beta_m1 = 1.0 / r.scale - 1.0;
-  do {
-    r.ps = power_pass(r.buf, r.kp, r.m, r.scale, r.tau, beta_m1, r.e);
-  } while (!entmax_advance(r));
+  while (!entmax_pass(r)) {
+  }
   entmax_finish(r);
 }
 
@@ -299,20 +224,31 @@ void entmax_row_pair(RowSolve<T> a, RowSolve<T> b) {
   bool run_a = entmax_start(a), run_b = entmax_start(b);
   const bool has_a = run_a, has_b = run_b;
   while (run_a && run_b) {
-    PowerAcc<T> acc_a(a.m, a.scale, a.tau, 1.0 / a.scale - 1.0);
-    PowerAcc<T> acc_b(b.m, b.scale, b.tau, 1.0 / b.scale - 1.0);
-    power_pass_pair(a.buf, b.buf, a.kp, acc_a, acc_b, a.e, b.e);
-    a.ps = acc_a.sums();
-    b.ps = acc_b.sums();
-    run_a = !entmax_advance(a);
-    run_b = !entmax_advance(b);
+    if (a.next_rough && b.next_rough) {
+      if constexpr (std::is_same<T, float>::value) {
+        RoughAcc acc_a(a.m, a.scale, a.tau, 1.0 / a.scale);
+        RoughAcc acc_b(b.m, b.scale, b.tau, 1.0 / b.scale);
+        rough_pass_pair(a.buf, b.buf, a.kp, acc_a, acc_b);
+        a.rs = acc_a.sums();
+        b.rs = acc_b.sums();
+        entmax_advance_rough(a);
+        entmax_advance_rough(b);
+      }
+    } else if (!a.next_rough && !b.next_rough) {
+      PowerAcc<T> acc_a(a.m, a.scale, a.tau, 1.0 / a.scale - 1.0);
+      PowerAcc<T> acc_b(b.m, b.scale, b.tau, 1.0 / b.scale - 1.0);
+      power_pass_pair(a.buf, b.buf, a.kp, acc_a, acc_b, a.e, b.e);
+      a.ps = acc_a.sums();
+      b.ps = acc_b.sums();
+      run_a = !entmax_advance(a);
+      run_b = !entmax_advance(b);
+    } else {
+      run_a = !entmax_pass(a);
+      run_b = !entmax_pass(b);
+    }
   }
-  for (RowSolve<T>* r : {&a, &b}) {
-    if (!(r == &a ? run_a : run_b)) continue;
-    do {
-      r->ps = power_pass(r->buf, r->kp, r->m, r->scale, r->tau, 1.0 / r->scale - 1.0, r->e);
-    } while (!entmax_advance(*r));
-  }
+  while (run_a) run_a = !entmax_pass(a);
+  while (run_b) run_b = !entmax_pass(b);
   if (has_a) entmax_finish(a);
   if (has_b) entmax_finish(b);
 }

@@ -189,6 +189,44 @@ ATTNKIT_ALWAYS_INLINE inline V log_f(V x) {
   return e * 0.693359375f + (log_m - e * 2.12194440e-4f);
 }
 
+// log2(x) for a positive normal float x, to 3e-6 (absolute), without a division: a polynomial
+// in u = m - 1 for x = 2^e m, m in [sqrt(1/2), sqrt(2)) (a least-squares fit, degree 6). For the
+// rough passes of alpha-entmax (see entmax_power.h).
+template <typename V>
+ATTNKIT_ALWAYS_INLINE inline V log2_rough(V x) {
+  typedef typename Bits<V>::type U;
+  const uint32_t kSqrtHalf = 0x3F3504F3u;
+  const U w = bit_cast<U>(x) + (0x3F800000u - kSqrtHalf);
+  const V e = bit_cast<V>((w >> 23) | 0x4B000000u) - (8388608.0f + 127.0f);
+  const V u = bit_cast<V>((w & 0x007FFFFFu) + kSqrtHalf) - 1.0f;
+  V p = V{} - 0.20824214f;
+  p = p * u + 0.32325346f;
+  p = p * u - 0.36735579f;
+  p = p * u + 0.47919366f;
+  p = p * u - 0.72113238f;
+  p = p * u + 1.44271864f;
+  return e + u * p;
+}
+
+// 2^x for x <= 120 to 3e-6 relative (a least-squares fit of degree 4 on [-1/2, 1/2]); 0 below
+// -126 (where float would go subnormal). For the rough passes, with log2_rough.
+template <typename V>
+ATTNKIT_ALWAYS_INLINE inline V exp2_rough(V x) {
+  typedef typename Bits<V>::type U;
+  const V zero = V{}, lo = zero - 126.0f, magic = zero + 12582912.0f;  // 1.5 * 2^23
+  const V xc = x < lo ? lo : x;
+  const V t = xc + magic;  // k = round(x), in the low bits
+  const V f = xc - (t - magic);
+  V p = zero + 0.00956051f;
+  p = p * f + 0.05591704f;
+  p = p * f + 0.24024981f;
+  p = p * f + 0.69312197f;
+  p = p * f + 0.99999919f;
+  const U ki = bit_cast<U>(t) - bit_cast<U>(magic);
+  const V y = p * bit_cast<V>((ki + 127u) << 23);
+  return x < lo ? zero : y;
+}
+
 // a^b for |b| <= 1 where a relative error of 1e-6 is enough away from a = 1 (a Newton step
 // that the next pass corrects): the series of pow_near_one within 1e-3 of 1, else in float.
 inline double pow_rough(double a, double b) {

@@ -40,6 +40,13 @@ namespace {
 
 constexpr int kMaxSteps = 100;
 constexpr double kTiny = 1e-300;  // gaps below this count as off the support
+// Alpha-entmax's rough passes (see entmax_rows.h): at most kMaxRough per row; their mass moves
+// the bracket only when it is off 1 by more than kRoughMargin (their error is ~2e-5, 1e-4 at
+// alpha 1.01), and they stop once the predicted next step is below kRoughSwitch / beta.
+constexpr int kMaxRough = 4;
+constexpr double kRoughMargin = 1e-3;
+constexpr double kRoughSwitch = 1e-3;
+constexpr int kRoughSupport = 6;
 
 // Rows per task: enough work per task that threads do not fight over small chunks.
 int64_t grain_rows(int64_t num_keys) {
@@ -50,6 +57,7 @@ int64_t grain_rows(int64_t num_keys) {
 
 #include "simplex_rows.h"
 #include "entmax_power.h"
+#include "entmax_steps.h"
 #include "entmax_rows.h"
 
 namespace {
