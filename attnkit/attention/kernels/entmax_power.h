@@ -180,40 +180,43 @@ void power_pass_pair(const T* za, const T* zb, int64_t kp, PowerAcc<T>& a, Power
 // decide the weights: sums of powers computed to ~2e-5 relative by log2_rough / exp2_rough,
 // nothing stored, and no near-key or third-order terms (a rough pass never ends a solve).
 struct RoughSums {
-  double mass = 0.0, deriv = 0.0, bend = 0.0;  // sums of g^beta, g^(beta - 1), g^(beta - 2)
+  double mass = 0.0, deriv = 0.0;  // sums of g^beta and g^(beta - 1)
+  double bend = 0.0, bend3 = 0.0;  // sums of g^(beta - 2) and g^(beta - 3)
 };
 
 struct RoughAcc {
   using V = vfloat;
   static constexpr int W = 8;
-  float m, sc, tau, bm2;
-  V ms[2], dv[2], bd[2];
+  float m, sc, tau, bm3;
+  V ms[2], dv[2], bd[2], b3[2];
 
   RoughAcc(float m_, double scale, double tau_, double beta)
       : m(m_),
         sc(static_cast<float>(scale)),
         tau(static_cast<float>(tau_)),
-        bm2(static_cast<float>(beta - 2.0)) {
-    for (int j = 0; j < 2; ++j) ms[j] = dv[j] = bd[j] = V{};
+        bm3(static_cast<float>(beta - 3.0)) {
+    for (int j = 0; j < 2; ++j) ms[j] = dv[j] = bd[j] = b3[j] = V{};
   }
 
-  // The sums over keys [i, i + W) of z, in accumulator j: the power g^(beta - 2) (at most
-  // 1e30 for g >= 1e-30, as beta >= 1), then g^(beta - 1) and g^beta by products.
+  // The sums over keys [i, i + W) of z, in accumulator j: the power g^(beta - 3) of the gap
+  // (at least 1e-10 there, so at most 1e20 as beta >= 1), the others by products with g.
   ATTNKIT_ALWAYS_INLINE void add(const float* z, int64_t i, int j) {
-    const V zero = {}, one = zero + 1.0f;
+    const V zero = {}, one = zero + 1.0f, floor = zero + 1e-10f;
     const V g = sc * (load(z + i) - m) - tau;
     const auto in = g > 1e-30f;
     const V safe = in ? g : one;
-    const V b = in ? attnkit_fastmath::exp2_rough(bm2 * attnkit_fastmath::log2_rough(safe)) : zero;
-    const V e = b * safe;
-    bd[j] += b;
+    const V base = safe > floor ? safe : floor;
+    const V p3 = in ? attnkit_fastmath::exp2_rough(bm3 * attnkit_fastmath::log2_rough(base)) : zero;
+    const V p2 = p3 * safe, e = p2 * safe;
+    b3[j] += p3;
+    bd[j] += p2;
     dv[j] += e;
     ms[j] += e * safe;
   }
 
   RoughSums sums() const {
     return {lanes_sum<float>(ms[0] + ms[1]), lanes_sum<float>(dv[0] + dv[1]),
-            lanes_sum<float>(bd[0] + bd[1])};
+            lanes_sum<float>(bd[0] + bd[1]), lanes_sum<float>(b3[0] + b3[1])};
   }
 };
 

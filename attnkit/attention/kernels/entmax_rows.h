@@ -31,15 +31,25 @@ using attnkit_fastmath::pow_d;
 using attnkit_fastmath::pow_near_one;
 using attnkit_lanes::lanes_sum;
 
-// n^(-scale), remembered for the next row: rows of a tensor share n, and a head's rows alpha.
-inline double count_power(double n, double scale) {
-  thread_local double last_n = -1.0, last_scale = 0.0, last = 0.0;
-  if (n != last_n || scale != last_scale) {
-    last_n = n;
-    last_scale = scale;
-    last = pow_d(n, -scale);
+// A lower bound of the threshold of the padded row buf[0:kp] (shifted by m) from its keys above
+// the level v = 0.4 lo between the power-mean bound lo and 0: tau >= mean_v(x) - n_v^(-scale)
+// (Jensen's inequality on those n_v keys), less 1e-6 for the rounding of the float sums. On
+// peaked rows it is much closer than lo (a rough pass fewer); otherwise it is lo.
+template <typename T>
+double subset_bound(const T* buf, int64_t kp, T m, double scale, double lo,
+                    CountPowers& count_power) {
+  using V = typename attnkit_lanes::Vec<T>::type;
+  constexpr int W = attnkit_lanes::Vec<T>::size;
+  const T sc = static_cast<T>(scale), level = static_cast<T>(0.4 * lo);
+  V sum = V{}, count = V{};
+  for (int64_t i = 0; i < kp; i += W) {
+    const V x = sc * (load(buf + i) - m);  // -inf stays -inf
+    const auto above = x > level;
+    sum += above ? x : V{};
+    count += above ? V{} + T(1) : V{};
   }
-  return last;
+  const double n = lanes_sum<T>(count);
+  return n > 0.0 ? std::max(lo, lanes_sum<T>(sum) / n - count_power(n, scale) - 1e-6) : lo;
 }
 
 // The unnormalised weight at tau + d of a key with gap g at tau and power e (see the top); V is
@@ -84,7 +94,8 @@ bool entmax_start(RowSolve<T>& r) {
     return false;
   }
   const double scale = r.alpha - 1.0;
-  // 1. Lower bounds: power means of the row and of the lane maxima, the lane maxima's root.
+  // 1. Lower bounds: power means of the row, of subsets of it and of the lane maxima, and
+  // the lane maxima's root.
   // Power-mean bound mean(x) - n^(1 - alpha) over the n finite keys of x[0:kp].
   const auto power_mean = [&](const T* x, int64_t kp_x, double& n) {
     const V ninf = attnkit_lanes::splat(-attnkit_lanes::inf<T>()), zero = V{};
@@ -96,7 +107,7 @@ bool entmax_start(RowSolve<T>& r) {
       count += finite ? zero + T(1) : zero;
     }
     n = lanes_sum<T>(count);
-    return scale * lanes_sum<T>(sum) / n - count_power(n, scale);
+    return scale * lanes_sum<T>(sum) / n - (*r.powers)(n, scale);
   };
   double n_row = 0.0, n_sub = 0.0;  // finite keys (not k: masked keys must not change the path)
   const double lo_row = power_mean(buf, kp, n_row);
@@ -110,7 +121,7 @@ bool entmax_start(RowSolve<T>& r) {
                                   d) + d;
     sub_support = static_cast<int>(std::count_if(e + L, e + 2 * L, [&](T g) { return g > d; }));
   }
-  double lo = std::max({-1.0, lo_row, lo_sub});
+  double lo = std::max({-1.0, subset_bound(buf, kp, m, scale, lo_row, *r.powers), lo_sub});
   const bool single = std::is_same<T, float>::value;
   r.kp = kp;
   r.m = m;

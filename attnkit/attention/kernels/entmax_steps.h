@@ -6,7 +6,8 @@
 
 namespace {
 
-using attnkit_fastmath::pow_rough;
+using attnkit_fastmath::pow_d;
+using attnkit_fastmath::pow_float;
 
 // The Newton step on ||.||_beta - 1 at tau (tau + step), or a bisection of the updated
 // bracket when the step leaves it.
@@ -19,7 +20,7 @@ inline double newton_next(double tau, const PowerSums& ps, double scale, double&
   }
   if (!(ps.mass > 0.0)) return 0.5 * (lo + hi);
   const double next =
-      tau + (ps.mass - pow_rough(ps.mass, 1.0 - scale)) / std::max(ps.deriv, kTiny);
+      tau + (ps.mass - pow_float<false>(ps.mass, 1.0 - scale)) / std::max(ps.deriv, kTiny);
   return next >= lo && next <= hi ? next : 0.5 * (lo + hi);
 }
 
@@ -67,6 +68,26 @@ double newton_solve(const T* z, int64_t kp, T m, double scale, double tau, doubl
   return tau;
 }
 
+// n^(-scale) for counts n of keys, kept per task of rows (a head's rows share alpha, a tensor's
+// rows their length): a table, refilled when alpha changes.
+class CountPowers {
+ public:
+  double operator()(double n, double scale) {
+    if (scale != scale_) {
+      table_.assign(table_.size(), -1.0);
+      scale_ = scale;
+    }
+    const size_t i = static_cast<size_t>(n);
+    if (i >= table_.size()) table_.resize(i + 1, -1.0);
+    if (table_[i] < 0.0) table_[i] = pow_d(n, -scale);
+    return table_[i];
+  }
+
+ private:
+  std::vector<double> table_;
+  double scale_ = 0.0;
+};
+
 // The solve of one row between passes: alpha-entmax of z[0:k] into out (and slope unless
 // null), with scratch buf (padded(k) keys) and e (2 padded(k): powers, gaps).
 template <typename T>
@@ -78,6 +99,7 @@ struct RowSolve {
   T* slope;
   T* buf;
   T* e;
+  CountPowers* powers;  // n^(-scale) of the task's rows
   int64_t kp = 0;
   T m = 0;
   double scale = 0.0, tau = 0.0, lo = 0.0, hi = 0.0, d = 0.0, tol = 0.0, floor = 0.0;
@@ -109,9 +131,13 @@ bool entmax_advance(RowSolve<T>& r) {
   return ++r.steps >= kMaxSteps;
 }
 
-// Step 2 after a rough pass (r.rs at r.tau): the Newton step on the norm, with the bracket moved
-// only where the rough mass is clear of 1; within that margin tau is as good as a rough pass
-// can tell, and the exact passes take over from there.
+// Step 2 after a rough pass (r.rs at r.tau): a Halley step on the norm N = mass^(1 / beta)
+// (third order: from the derivatives of the mass, -beta sum g^(beta - 1), beta (beta - 1)
+// sum g^(beta - 2), ...), or a Newton step where the Halley correction is large, with the bracket
+// moved only where the rough mass is clear of 1 (within that margin tau is as good as a rough
+// pass can tell, and the exact passes take over). The next pass is exact once the error the
+// step leaves, |c2^2 - c3| |step|^3 (Halley) or |c2| step^2 (Newton) with ck = N^(k) / k! N',
+// is small enough for the second-order finish.
 template <typename T>
 void entmax_advance_rough(RowSolve<T>& r) {
   const RoughSums& s = r.rs;
@@ -122,9 +148,27 @@ void entmax_advance_rough(RowSolve<T>& r) {
   if (s.mass < 1.0) r.hi = std::min(r.hi, r.tau);
   double next = 0.5 * (r.lo + r.hi);
   if (s.mass > 0.0) {
-    const double step = (s.mass - pow_rough(s.mass, 1.0 - r.scale)) / std::max(s.deriv, kTiny);
-    if (r.tau + step >= r.lo && r.tau + step <= r.hi) next = r.tau + step;
-    r.next_rough = wants_rough(r, s.mass, s.deriv, s.bend, step);
+    const double sc = r.scale, beta = 1.0 / sc, inv = 1.0 / s.mass;
+    // M^(k) / M for the mass M; N^(k) = sc N (terms in them), whose common factor cancels.
+    const double r1 = -beta * s.deriv * inv, r2 = beta * (beta - 1.0) * s.bend * inv;
+    const double r3 = -beta * (beta - 1.0) * (beta - 2.0) * s.bend3 * inv;
+    const double n1 = r1, n2 = (sc - 1.0) * r1 * r1 + r2;
+    const double n3 = (sc - 1.0) * (sc - 2.0) * r1 * r1 * r1 + 3.0 * (sc - 1.0) * r1 * r2 + r3;
+    const double q = pow_float<true>(s.mass, sc);  // N
+    const double newton = -(q - 1.0) / (sc * q * std::min(n1, -kTiny));
+    const double c2 = n2 / (2.0 * n1), c3 = n3 / (6.0 * n1);
+    const double half_l = -0.5 * newton * c2 * 2.0;  // (N - 1) N'' / 2 N'^2
+    double step = newton, left = std::abs(c2) * newton * newton;
+    if (std::abs(half_l) <= 0.5) {
+      step = newton / (1.0 - half_l);
+      left = std::abs(c2 * c2 - c3) * std::abs(step * step * step);
+    }
+    if (r.tau + step >= r.lo && r.tau + step <= r.hi) {
+      next = r.tau + step;
+      r.next_rough = r.rough > 0 && beta * left > kRoughSwitch;
+    } else {
+      r.next_rough = r.rough > 0;
+    }
   }
   r.tau = next;
 }

@@ -136,7 +136,7 @@ inline double pow_d(double a, double b) { return exp_d<true>(b * log_d<true>(a))
 
 // a^b for |b| <= 1: near a = 1 (within 1e-3, where thresholds converge) by the series of
 // log(1 + u) and exp to the sixth power (truncation below 1e-20), else pow_d.
-inline double pow_near_one(double a, double b) {
+ATTNKIT_ALWAYS_INLINE inline double pow_near_one(double a, double b) {
   const double u = a - 1.0;  // exact for a in [0.5, 2]
   if (!(u < 1e-3 && u > -1e-3)) return pow_d(a, b);
   const double l =
@@ -208,8 +208,9 @@ ATTNKIT_ALWAYS_INLINE inline V log2_rough(V x) {
   return e + u * p;
 }
 
-// 2^x for x <= 120 to 3e-6 relative (a least-squares fit of degree 4 on [-1/2, 1/2]); 0 below
-// -126 (where float would go subnormal). For the rough passes, with log2_rough.
+// 2^x for x <= 120 to 3e-6 relative (a least-squares fit of degree 4 on [-1/2, 1/2], exact at
+// integers); 0 below -126 (where float would go subnormal). For the rough passes, with
+// log2_rough.
 template <typename V>
 ATTNKIT_ALWAYS_INLINE inline V exp2_rough(V x) {
   typedef typename Bits<V>::type U;
@@ -217,22 +218,27 @@ ATTNKIT_ALWAYS_INLINE inline V exp2_rough(V x) {
   const V xc = x < lo ? lo : x;
   const V t = xc + magic;  // k = round(x), in the low bits
   const V f = xc - (t - magic);
-  V p = zero + 0.00956051f;
-  p = p * f + 0.05591704f;
-  p = p * f + 0.24024981f;
-  p = p * f + 0.69312197f;
-  p = p * f + 0.99999919f;
+  V p = zero + 0.00960040f;
+  p = p * f + 0.05591689f;
+  p = p * f + 0.24023718f;
+  p = p * f + 0.69312199f;
+  p = p * f + 1.0f;
   const U ki = bit_cast<U>(t) - bit_cast<U>(magic);
   const V y = p * bit_cast<V>((ki + 127u) << 23);
   return x < lo ? zero : y;
 }
 
-// a^b for |b| <= 1 where a relative error of 1e-6 is enough away from a = 1 (a Newton step
-// that the next pass corrects): the series of pow_near_one within 1e-3 of 1, else in float.
-inline double pow_rough(double a, double b) {
+// a^b for |b| <= 1 where float precision is enough away from a = 1: the series of pow_near_one
+// within 1e-3 of 1, else log_f and exp_f (1e-7 relative; the Newton steps of exact passes, one of
+// which ends a solve at alpha = 2, where a^0 must be 1) or, when Rough, log2_rough and exp2_rough
+// (1e-5; the steps of rough passes, without log_f's division on the chain between passes).
+template <bool Rough>
+ATTNKIT_ALWAYS_INLINE inline double pow_float(double a, double b) {
   const double u = a - 1.0;
   if (u < 1e-3 && u > -1e-3) return pow_near_one(a, b);
-  return exp_f(static_cast<float>(b) * log_f(static_cast<float>(a)));
+  if (!(a > 1e-30)) return pow_d(a, b);
+  const float fa = static_cast<float>(a), fb = static_cast<float>(b);
+  return Rough ? exp2_rough(fb * log2_rough(fa)) : exp_f(fb * log_f(fa));
 }
 
 }  // namespace attnkit_fastmath

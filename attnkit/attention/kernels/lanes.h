@@ -101,7 +101,10 @@ inline void for_vector_pairs(int64_t kp, Body body) {
 // Copy z[0:k] into buf[0:padded(k)], padding with -inf.
 template <typename T>
 inline void load_row(const T* z, int64_t k, T* buf) {
-  std::memcpy(buf, z, static_cast<size_t>(k) * sizeof(T));
+  constexpr int W = Vec<T>::size;
+  int64_t i = 0;
+  for (; i + W <= k; i += W) std::memcpy(buf + i, z + i, sizeof(typename Vec<T>::type));
+  for (; i < k; ++i) buf[i] = z[i];  // a short row's copy without a library call
   std::fill(buf + k, buf + padded(k), -inf<T>());
 }
 

@@ -110,10 +110,16 @@ void entmax_rows(const T* z, const double* alpha, T* out, T* slope, int64_t rows
   at::parallel_for(0, rows, grain_rows(k), [&](int64_t begin, int64_t end) {
     const int64_t kp = attnkit_lanes::padded(k);
     std::vector<T> scratch(static_cast<size_t>(6 * kp));  // 2 rows: keys, powers, gaps
+    CountPowers powers;
     const auto row = [&](int64_t r, int64_t s) {
-      return RowSolve<T>{z + r * k,    k, alpha[r], out + r * k,
+      return RowSolve<T>{z + r * k,
+                         k,
+                         alpha[r],
+                         out + r * k,
                          slope == nullptr ? nullptr : slope + r * k,
-                         scratch.data() + 3 * s * kp, scratch.data() + (3 * s + 1) * kp};
+                         scratch.data() + 3 * s * kp,
+                         scratch.data() + (3 * s + 1) * kp,
+                         &powers};
     };
     int64_t r = begin;  // two rows at a time (see entmax_power.h), then the odd one
     for (; r + 1 < end; r += 2) entmax_row_pair(row(r, 0), row(r + 1, 1));
