@@ -33,6 +33,7 @@ from attnkit.attention._threshold import (
     solve_rows,
     tiny,
 )
+from attnkit.attention.entmax_vjp import alpha_gradient, recorded_backward
 from attnkit.attention.kernels.functions import FusedAlphaEntmax, use_fused
 from attnkit.attention.kernels.triton_functions import TritonAlphaEntmax, use_triton
 
@@ -172,42 +173,28 @@ class _AlphaEntmaxFunction(torch.autograd.Function):
         shifted = shift_by_max(scores)  # [..., K]
         alpha_c = alpha.to(shifted.dtype)
         weights, slope = alpha_entmax_threshold(shifted, alpha_c)
-        ctx.save_for_backward(weights, slope, alpha_c)
+        result = weights.to(scores.dtype)
+        ctx.save_for_backward(weights, slope, alpha_c, result, alpha)
         ctx.alpha_shape = alpha.shape
         ctx.alpha_dtype = alpha.dtype
         ctx.scores_dtype = scores.dtype
-        return weights.to(scores.dtype)
+        return result
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        weights, slope, alpha = ctx.saved_tensors
+        weights, slope, alpha, result, alpha_in = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: a backward that is itself differentiable
+            return recorded_backward(result, grad, alpha_in, ctx.needs_input_grad[1])
         grad = grad.to(weights.dtype)  # [..., K]
         grad_in = grad * slope  # [..., K]
         slope_mass = slope.sum(dim=-1, keepdim=True).clamp_min(tiny(weights.dtype))  # [..., 1]
         skewed = grad_in.sum(dim=-1, keepdim=True) / slope_mass  # [..., 1]
         grad_alpha = None
         if ctx.needs_input_grad[1]:
-            grad_alpha = _alpha_grad(weights, grad, skewed, alpha)
+            grad_alpha = alpha_gradient(weights, grad, skewed, alpha)
             grad_alpha = grad_alpha.sum_to_size(ctx.alpha_shape).to(ctx.alpha_dtype)
         grad_in.addcmul_(slope, skewed, value=-1.0)
         return grad_in.to(ctx.scores_dtype), grad_alpha
-
-
-def _alpha_grad(
-    weights: torch.Tensor, grad: torch.Tensor, skewed: torch.Tensor, alpha: torch.Tensor
-) -> torch.Tensor:
-    """Row-wise ``<grad, d weights / d alpha>`` (Correia et al. 2019, derived from the KKT
-    conditions): with ``s = p log p``, ``H = sum s`` and ``skewed = <grad, slope> / sum slope``,
-    ``(<grad, p> - skewed) / (alpha - 1)^2 - (<grad, s> - skewed * H) / (alpha - 1)``.
-    """
-    # log of the clamped weights: 0 * log(tiny) = 0 off the support, and the log of a normal
-    # number is much faster than the special-value path of log(0).
-    p_log_p = weights * weights.clamp_min(tiny(weights.dtype)).log()  # [..., K]
-    entropy_term = p_log_p.sum(dim=-1, keepdim=True)  # [..., 1]
-    g_p = (grad * weights).sum(dim=-1, keepdim=True)  # [..., 1]
-    g_plogp = (grad * p_log_p).sum(dim=-1, keepdim=True)  # [..., 1]
-    scale = alpha - 1
-    return (g_p - skewed) / scale**2 - (g_plogp - skewed * entropy_term) / scale
 
 
 def alpha_entmax(

@@ -26,6 +26,7 @@ from attnkit.attention._threshold import (
     solve_rows,
     tiny,
 )
+from attnkit.attention.entmax_vjp import recorded_backward
 from attnkit.attention.kernels.functions import FusedEntmax15, use_fused
 from attnkit.attention.kernels.triton_functions import TritonEntmax15, use_triton
 
@@ -96,15 +97,19 @@ class _Entmax15Function(torch.autograd.Function):
     def forward(ctx, scores: torch.Tensor) -> torch.Tensor:
         shifted = shift_by_max(scores)  # [..., K]
         root = entmax15_threshold(shifted)  # [..., K]
-        ctx.save_for_backward(root)
         # The shifted scores are spent: reuse their memory for the output when dtypes agree.
         if shifted.dtype == scores.dtype:
-            return torch.mul(root, root, out=shifted)
-        return (root * root).to(scores.dtype)
+            result = torch.mul(root, root, out=shifted)
+        else:
+            result = (root * root).to(scores.dtype)
+        ctx.save_for_backward(root, result)
+        return result
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (root,) = ctx.saved_tensors  # sqrt of the weights: the diagonal of the Jacobian
+        root, result = ctx.saved_tensors  # sqrt of the weights: the diagonal of the Jacobian
+        if torch.is_grad_enabled():  # create_graph: a backward that is itself differentiable
+            return recorded_backward(result, grad, 1.5)[0]
         grad_in = grad.to(root.dtype) * root  # [..., K]
         mass = root.sum(dim=-1, keepdim=True).clamp_min(tiny(root.dtype))  # [..., 1]
         grad_in.addcmul_(root, grad_in.sum(dim=-1, keepdim=True) / mass, value=-1.0)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from attnkit.attention._threshold import Workspace, initial_threshold, shift_by_max, solve_rows
+from attnkit.attention.entmax_vjp import recorded_backward
 from attnkit.attention.kernels.functions import FusedSparsemax, use_fused
 from attnkit.attention.kernels.triton_functions import TritonSparsemax, use_triton
 
@@ -86,6 +87,8 @@ class _SparsemaxFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         out, size = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: a backward that is itself differentiable
+            return recorded_backward(out, grad, 2.0)[0]
         # A float 0/1 mask: elementwise ops on bool tensors are several times slower on CPU.
         on_support = torch.sign(out).to(size.dtype)  # [..., K]
         grad_in = grad.to(size.dtype) * on_support  # [..., K]

@@ -4,14 +4,15 @@ Each function flattens the scores to contiguous rows ``[N, K]`` in the compute d
 for half precision, as the PyTorch path), runs the kernel's forward, and saves what the
 kernel's closed-form backward needs: the weights (sparsemax, entmax-1.5: the Jacobian's
 diagonal is 1 or sqrt(p) on the support) or the weights and ``p ** (2 - alpha)`` (alpha-entmax,
-whose kernel also returns the per-row gradient of alpha).
+whose kernel also returns the per-row gradient of alpha). A backward that autograd records
+(``create_graph=True``) runs the differentiable formulas of ``entmax_vjp`` instead.
 """
 
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
+from attnkit.attention.entmax_vjp import recorded_backward
 from attnkit.attention.kernels._build import fused_ops
 
 __all__ = ["BACKENDS", "FusedAlphaEntmax", "FusedEntmax15", "FusedSparsemax", "use_fused"]
@@ -53,20 +54,23 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _fused_map(op: str, doc: str) -> type[torch.autograd.Function]:
-    """The autograd function of a parameter-free fused map ``op`` (``sparsemax``,
-    ``entmax15``): ``torch.ops.<ns>.<op>_forward(rows)`` and ``<op>_backward(out, grad)``."""
+def _fused_map(op: str, alpha: float, doc: str) -> type[torch.autograd.Function]:
+    """The autograd function of a parameter-free fused map ``op`` (``sparsemax``, ``entmax15``:
+    alpha-entmax at ``alpha``): ``torch.ops.<ns>.<op>_forward(rows)`` and ``<op>_backward(out,
+    grad)``."""
 
     def forward(ctx, scores: torch.Tensor) -> torch.Tensor:
         kernel = getattr(fused_ops(), f"{op}_forward")
         out = kernel(_rows(scores, _compute_dtype(scores.dtype)))  # [N, K]
-        ctx.save_for_backward(out)
+        result = out.view(scores.shape).to(scores.dtype)
+        ctx.save_for_backward(out, result)
         ctx.scores_dtype = scores.dtype
-        return out.view(scores.shape).to(scores.dtype)
+        return result
 
-    @once_differentiable  # the kernels' backward is not itself differentiable
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (out,) = ctx.saved_tensors
+        out, result = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: the kernel's backward is not differentiable
+            return recorded_backward(result, grad, alpha)[0]
         grad_in = getattr(fused_ops(), f"{op}_backward")(out, _rows(grad, out.dtype))
         return grad_in.view(grad.shape).to(ctx.scores_dtype)
 
@@ -74,8 +78,8 @@ def _fused_map(op: str, doc: str) -> type[torch.autograd.Function]:
     return type(f"Fused_{op}", (torch.autograd.Function,), members)
 
 
-FusedSparsemax = _fused_map("sparsemax", "Sparsemax over the last dim by the fused kernel.")
-FusedEntmax15 = _fused_map("entmax15", "Entmax-1.5 over the last dim by the fused kernel.")
+FusedSparsemax = _fused_map("sparsemax", 2.0, "Sparsemax over the last dim by the fused kernel.")
+FusedEntmax15 = _fused_map("entmax15", 1.5, "Entmax-1.5 over the last dim by the fused kernel.")
 
 
 class FusedAlphaEntmax(torch.autograd.Function):
@@ -90,16 +94,18 @@ class FusedAlphaEntmax(torch.autograd.Function):
         alpha_rows = alpha_rows.to(torch.float64).reshape(-1).contiguous()  # [N]
         want_slope = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         out, slope = fused_ops().entmax_forward(_rows(scores, dtype), alpha_rows, want_slope)
-        ctx.save_for_backward(out, slope, alpha_rows)
+        result = out.view(scores.shape).to(scores.dtype)
+        ctx.save_for_backward(out, slope, alpha_rows, result, alpha)
         ctx.scores_dtype, ctx.alpha_dtype = scores.dtype, alpha.dtype
         ctx.alpha_shape, ctx.row_shape = alpha.shape, (*scores.shape[:-1], 1)
-        return out.view(scores.shape).to(scores.dtype)
+        return result
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        out, slope, alpha_rows = ctx.saved_tensors
+        out, slope, alpha_rows, result, alpha = ctx.saved_tensors
         want_alpha = ctx.needs_input_grad[1]
+        if torch.is_grad_enabled():  # create_graph: the kernel's backward is not differentiable
+            return recorded_backward(result, grad, alpha, want_alpha)
         grad_in, grad_alpha_rows = fused_ops().entmax_backward(
             out, slope, _rows(grad, out.dtype), alpha_rows, want_alpha
         )

@@ -21,8 +21,8 @@ import os
 from types import ModuleType
 
 import torch
-from torch.autograd.function import once_differentiable
 
+from attnkit.attention.entmax_vjp import recorded_backward
 from attnkit.attention.kernels.functions import BACKENDS
 
 __all__ = [
@@ -141,8 +141,9 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, t.shape[-1]).contiguous()  # [N, K]
 
 
-def _triton_map(op: str, doc: str, extra) -> type[torch.autograd.Function]:
-    """The autograd function of the parameter-free map ``op`` (``sparsemax``, ``entmax15``):
+def _triton_map(op: str, alpha: float, doc: str, extra) -> type[torch.autograd.Function]:
+    """The autograd function of the parameter-free map ``op`` (``sparsemax``, ``entmax15``:
+    alpha-entmax at ``alpha``):
     kernels ``<op>_forward(z, p, N, K, *extra(K))`` and ``<op>_backward(p, g, grad_in, N, K)``."""
 
     def forward(ctx, scores: torch.Tensor) -> torch.Tensor:
@@ -152,13 +153,15 @@ def _triton_map(op: str, doc: str, extra) -> type[torch.autograd.Function]:
         with _on_device(rows):
             kernel = getattr(kernels(), f"{op}_forward")
             _launch(kernel, num_rows, num_keys, rows, out, num_rows, num_keys, *extra(num_keys))
-        ctx.save_for_backward(out)
+        result = out.view(scores.shape).to(scores.dtype)
+        ctx.save_for_backward(out, result)
         ctx.scores_dtype = scores.dtype
-        return out.view(scores.shape).to(scores.dtype)
+        return result
 
-    @once_differentiable  # the backward kernels are not themselves differentiable
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (out,) = ctx.saved_tensors  # [N, K], float32
+        out, result = ctx.saved_tensors  # [N, K] float32, the output
+        if torch.is_grad_enabled():  # create_graph: the kernels' backward is not differentiable
+            return recorded_backward(result, grad, alpha)[0]
         num_rows, num_keys = out.shape
         grad_in = torch.empty(out.shape, dtype=ctx.scores_dtype, device=out.device)  # [N, K]
         with _on_device(out):
@@ -171,10 +174,11 @@ def _triton_map(op: str, doc: str, extra) -> type[torch.autograd.Function]:
 
 
 TritonSparsemax = _triton_map(
-    "sparsemax", "Sparsemax over the last dim by the Triton kernels.", lambda k: (k + 2,)
+    "sparsemax", 2.0, "Sparsemax over the last dim by the Triton kernels.", lambda k: (k + 2,)
 )
 TritonEntmax15 = _triton_map(
     "entmax15",
+    1.5,
     "Entmax-1.5 over the last dim by the Triton kernels.",
     lambda k: (_ENTMAX15_STEPS, _ENTMAX15_TOL),
 )
@@ -204,21 +208,23 @@ class TritonAlphaEntmax(torch.autograd.Function):
                 _ALPHA_STEPS,
                 _ALPHA_TOL,
             )
-        ctx.save_for_backward(out, alpha_rows)
+        result = out.view(scores.shape).to(scores.dtype)
+        ctx.save_for_backward(out, alpha_rows, result, alpha)
         ctx.scores_dtype, ctx.alpha_dtype, ctx.alpha_device = (
             scores.dtype,
             alpha.dtype,
             alpha.device,
         )
         ctx.alpha_shape, ctx.row_shape = alpha.shape, (*scores.shape[:-1], 1)
-        return out.view(scores.shape).to(scores.dtype)
+        return result
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        out, alpha_rows = ctx.saved_tensors  # [N, K], [N]
+        out, alpha_rows, result, alpha = ctx.saved_tensors  # [N, K], [N], output, input
         num_rows, num_keys = out.shape
         want_alpha = ctx.needs_input_grad[1]
+        if torch.is_grad_enabled():  # create_graph: the kernels' backward is not differentiable
+            return recorded_backward(result, grad, alpha, want_alpha)
         grad_in = torch.empty(out.shape, dtype=ctx.scores_dtype, device=out.device)  # [N, K]
         grad_alpha_rows = torch.empty(num_rows if want_alpha else 1, device=out.device)  # [N]
         with _on_device(out):
