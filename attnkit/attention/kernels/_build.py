@@ -61,8 +61,17 @@ _HEADERS = (
 )
 # -fno-math-errno / -fno-trapping-math let the compiler vectorise sqrt and selects (the code
 # never reads errno nor floating-point exception flags); -ffp-contract=fast turns a * b - c
-# into the exact fused multiply-add that the float32 alpha-entmax gap correction relies on.
-_CFLAGS = ("-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast")
+# into the exact fused multiply-add that the float32 alpha-entmax gap correction relies on;
+# -fvisibility=hidden keeps the inline helpers' symbols private, so another extension that
+# defines the same names (a build of other sources, say) cannot replace them at load time.
+_CFLAGS = (
+    "-O3",
+    "-fopenmp",
+    "-fno-math-errno",
+    "-fno-trapping-math",
+    "-ffp-contract=fast",
+    "-fvisibility=hidden",
+)
 _NATIVE = "-march=native"
 
 _lock = threading.Lock()
