@@ -4,7 +4,7 @@ The dense family labels its attention sites ``stage S block B`` (encoder stage S
 and ``up L block B`` (Swin-Unet's decoder level L). An analysis ``summary.json`` (``attnkit
 analyze``, :func:`analyze_dense_models`) holds per site the mean, std and count of every map
 metric and the same per head; :func:`stage_frame` pools the blocks of each stage (weighted by
-their map counts, as :func:`attnkit.analysis.maxvit_sparsity.pool_stats` does), so stages can be
+their map counts, :func:`attnkit.analysis.site_stats.pool_stats`), so stages can be
 compared model by model and head by head. Models whose mechanism forms no attention matrix
 (``efficient``, linear attention) have nothing to analyse and are reported as skipped.
 
@@ -23,8 +23,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from attnkit.analysis.maxvit_sparsity import pool_stats
-from attnkit.analysis.tables import PM
+from attnkit.analysis.site_stats import mean_std_text, pool_stats, site_rows
 
 __all__ = [
     "PARTS",
@@ -57,25 +56,11 @@ def site_frame(summaries: Mapping[str, dict], metric: str, per_head: bool = Fals
     """One row per model and dense site (and head with ``per_head``): ``model, layer, site,
     part, level, block, [head,] mean, std, count``; labels come from each summary's
     ``meta.sites``. Sites without a dense label or without the metric are left out."""
-    rows = []
-    for model, summary in summaries.items():
-        sites = (summary.get("meta") or {}).get("sites") or {}
-        for layer, stats in (summary.get(metric) or {}).items():
-            parsed = parse_site(sites.get(layer, ""))
-            if parsed is None or not isinstance(stats, Mapping):
-                continue
-            key = [model, layer, sites[layer], *parsed]
-            if not per_head:
-                rows.append([*key, stats.get("mean"), stats.get("std"), stats.get("count", 0)])
-                continue
-            heads = stats.get("per_head") or []
-            stds = stats.get("per_head_std") or [math.nan] * len(heads)
-            counts = stats.get("per_head_count") or [1] * len(heads)
-            rows += [[*key, h, m, s, c] for h, (m, s, c) in enumerate(zip(heads, stds, counts))]
-    columns = ["model", "layer", "site", "part", "level", "block"]
-    columns += (["head"] if per_head else []) + ["mean", "std", "count"]
-    frame = pd.DataFrame(rows, columns=columns)
-    return frame.astype({"mean": float, "std": float, "count": "int64"})
+    return site_rows(summaries, metric, per_head, _label_of, parse_site, ("part", "level", "block"))
+
+
+def _label_of(layer: str, sites: Mapping[str, str]) -> str:
+    return str(sites.get(layer, ""))
 
 
 def stage_frame(summaries: Mapping[str, dict], metric: str, per_head: bool = False) -> pd.DataFrame:
@@ -104,9 +89,7 @@ def sparsity_table(
     names = [(labels or {}).get(m, m) for m in metrics]
     for metric, name in zip(metrics, names):
         for row in stage_frame(summaries, metric).itertuples():
-            text = None if math.isnan(row.mean) else f"{row.mean:.{precision}f}"
-            if text is not None and not math.isnan(row.std):
-                text += f"{PM}{row.std:.{precision}f}"
+            text = mean_std_text(row.mean, row.std, precision)
             cells.setdefault((row.model, row.stage), {})[name] = text
     index = pd.MultiIndex.from_tuples(list(cells), names=["model", "stage"])
     return pd.DataFrame([[c.get(n) for n in names] for c in cells.values()], index, names)

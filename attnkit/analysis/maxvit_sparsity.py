@@ -5,21 +5,19 @@ across a ``(gh, gw)`` grid (grid attention); the family labels the sites ``stage
 block`` and ``stage 2 block 1 grid``. The analysis ``summary.json`` (``attnkit analyze``) holds
 per site (module name) the mean, std and count of every map metric and the same per head; here
 they are arranged by ``stage``, ``block`` and ``kind``, and pooled over the blocks of a stage
-(weighted by their map counts, population std as the summaries hold), so block and grid
+(:mod:`attnkit.analysis.site_stats`: weighted by their map counts), so block and grid
 attention can be compared stage by stage, per model and per head. Alpha-entmax tables keyed by
 module name (``attnkit.viz.alpha``) get the same columns with :func:`with_sites`.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 
-from attnkit.analysis.tables import PM
+from attnkit.analysis.site_stats import mean_std_text, pool_stats, site_rows
 
 __all__ = [
     "KINDS",
@@ -33,7 +31,7 @@ __all__ = [
 
 KINDS = ("block", "grid")
 _SITE = re.compile(r"^stage (\d+) block (\d+) (block|grid)$")
-_COLUMNS = ["model", "layer", "site", "stage", "block", "kind"]
+_PARTS = ("stage", "block", "kind")
 
 
 def parse_site(label: str) -> tuple[int, int, str] | None:
@@ -72,40 +70,7 @@ def site_frame(summaries: Mapping[str, dict], metric: str, per_head: bool = Fals
     """One row per model and MaxViT site (and head with ``per_head``): ``model, layer, site,
     stage, block, kind, [head,] mean, std, count`` from ``{model: summary}``; site labels come
     from each summary's ``meta.sites``. Sites without the metric are left out."""
-    rows = []
-    for model, summary in summaries.items():
-        sites = (summary.get("meta") or {}).get("sites") or {}
-        for layer, stats in (summary.get(metric) or {}).items():
-            site = _site_of(layer, sites)
-            parsed = parse_site(site)
-            if parsed is None or not isinstance(stats, Mapping):
-                continue
-            key = [model, layer, site, *parsed]
-            if not per_head:
-                rows.append([*key, stats.get("mean"), stats.get("std"), stats.get("count", 0)])
-                continue
-            heads = stats.get("per_head") or []
-            stds = stats.get("per_head_std") or [math.nan] * len(heads)
-            counts = stats.get("per_head_count") or [1] * len(heads)
-            rows += [[*key, h, m, s, c] for h, (m, s, c) in enumerate(zip(heads, stds, counts))]
-    columns = _COLUMNS + (["head"] if per_head else []) + ["mean", "std", "count"]
-    frame = pd.DataFrame(rows, columns=columns)
-    return frame.astype({"mean": float, "std": float, "count": "int64"})
-
-
-def pool_stats(frame: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
-    """Groups of ``frame`` (``mean, std, count`` per row, population std) pooled into one
-    ``mean, std, count`` each, as if their values had been one sample; NaN-mean rows and rows
-    with count 0 are left out. Groups keep their first-appearance order."""
-    ok = frame[frame["mean"].notna() & (frame["count"] > 0)]
-    std = ok["std"].fillna(0.0)
-    parts = ok.assign(_n=ok["count"], _s=ok["count"] * ok["mean"])
-    parts = parts.assign(_q=ok["count"] * (std**2 + ok["mean"] ** 2))
-    pooled = parts.groupby(list(by), sort=False)[["_n", "_s", "_q"]].sum().reset_index()
-    mean = pooled["_s"] / pooled["_n"]
-    var = (pooled["_q"] / pooled["_n"] - mean**2).clip(lower=0.0)
-    out = pooled[list(by)].assign(mean=mean, std=np.sqrt(var), count=pooled["_n"].astype("int64"))
-    return out.reset_index(drop=True)
+    return site_rows(summaries, metric, per_head, _site_of, parse_site, _PARTS)
 
 
 def stage_frame(summaries: Mapping[str, dict], metric: str, per_head: bool = False) -> pd.DataFrame:
@@ -133,9 +98,7 @@ def block_vs_grid_table(
     for metric in metrics:
         name = (labels or {}).get(metric, metric)
         for row in stage_frame(summaries, metric).itertuples():
-            text = None if math.isnan(row.mean) else f"{row.mean:.{precision}f}"
-            if text is not None and not math.isnan(row.std):
-                text += f"{PM}{row.std:.{precision}f}"
+            text = mean_std_text(row.mean, row.std, precision)
             cells.setdefault((row.model, f"stage {row.stage}"), {})[(name, row.kind)] = text
         columns += [(name, kind) for kind in KINDS]
     index = pd.MultiIndex.from_tuples(list(cells), names=["model", "stage"])
