@@ -148,10 +148,28 @@ ATTNKIT_ALWAYS_INLINE inline double pow_near_one(double a, double b) {
 
 // ---------------------------------------------------------------- float
 
+// x = 2^e m with m in [sqrt(1/2), sqrt(2)) for a positive normal float x (offsetting the bits
+// by 1 - sqrt(1/2) moves the exponent boundary there without a select): e as a float.
+template <typename V>
+ATTNKIT_ALWAYS_INLINE inline V split_exponent(V x, V& m) {
+  typedef typename Bits<V>::type U;
+  const uint32_t kSqrtHalf = 0x3F3504F3u;
+  const U w = bit_cast<U>(x) + (0x3F800000u - kSqrtHalf);
+  m = bit_cast<V>((w & 0x007FFFFFu) + kSqrtHalf);
+  return bit_cast<V>((w >> 23) | 0x4B000000u) - (8388608.0f + 127.0f);
+}
+
+// p 2^k for the integer k that rounding added into the low bits of t = k + magic.
+template <typename V>
+ATTNKIT_ALWAYS_INLINE inline V times_power_of_two(V p, V t, V magic) {
+  typedef typename Bits<V>::type U;
+  const U ki = bit_cast<U>(t) - bit_cast<U>(magic);
+  return p * bit_cast<V>((ki + 127u) << 23);
+}
+
 // exp(x) for x <= 0; 0 below -87 (where float would go subnormal).
 template <typename V>
 ATTNKIT_ALWAYS_INLINE inline V exp_f(V x) {
-  typedef typename Bits<V>::type U;
   const V zero = V{}, lo = zero - 87.0f, magic = zero + 12582912.0f;  // 1.5 * 2^23
   const V xc = x < lo ? lo : x;
   const V t = xc * 1.44269504f + magic;
@@ -166,19 +184,14 @@ ATTNKIT_ALWAYS_INLINE inline V exp_f(V x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const U ki = bit_cast<U>(t) - bit_cast<U>(magic);
-  const V y = p * bit_cast<V>((ki + 127u) << 23);
-  return x < lo ? zero : y;
+  return x < lo ? zero : times_power_of_two(p, t, magic);
 }
 
 // log(x) for a positive normal x.
 template <typename V>
 ATTNKIT_ALWAYS_INLINE inline V log_f(V x) {
-  typedef typename Bits<V>::type U;
-  const uint32_t kSqrtHalf = 0x3F3504F3u;
-  const U w = bit_cast<U>(x) + (0x3F800000u - kSqrtHalf);
-  const V e = bit_cast<V>((w >> 23) | 0x4B000000u) - (8388608.0f + 127.0f);
-  const V m = bit_cast<V>((w & 0x007FFFFFu) + kSqrtHalf);  // [sqrt(1/2), sqrt(2))
+  V m;
+  const V e = split_exponent(x, m);
   const V s = (m - 1.0f) / (m + 1.0f);
   const V z = s * s;
   V q = V{} + 1.0f / 9.0f;  // up to z^4: 2e-9 relative error
@@ -194,11 +207,9 @@ ATTNKIT_ALWAYS_INLINE inline V log_f(V x) {
 // rough passes of alpha-entmax (see entmax_power.h).
 template <typename V>
 ATTNKIT_ALWAYS_INLINE inline V log2_rough(V x) {
-  typedef typename Bits<V>::type U;
-  const uint32_t kSqrtHalf = 0x3F3504F3u;
-  const U w = bit_cast<U>(x) + (0x3F800000u - kSqrtHalf);
-  const V e = bit_cast<V>((w >> 23) | 0x4B000000u) - (8388608.0f + 127.0f);
-  const V u = bit_cast<V>((w & 0x007FFFFFu) + kSqrtHalf) - 1.0f;
+  V m;
+  const V e = split_exponent(x, m);
+  const V u = m - 1.0f;
   V p = V{} - 0.20824214f;
   p = p * u + 0.32325346f;
   p = p * u - 0.36735579f;
@@ -213,7 +224,6 @@ ATTNKIT_ALWAYS_INLINE inline V log2_rough(V x) {
 // log2_rough.
 template <typename V>
 ATTNKIT_ALWAYS_INLINE inline V exp2_rough(V x) {
-  typedef typename Bits<V>::type U;
   const V zero = V{}, lo = zero - 126.0f, magic = zero + 12582912.0f;  // 1.5 * 2^23
   const V xc = x < lo ? lo : x;
   const V t = xc + magic;  // k = round(x), in the low bits
@@ -223,9 +233,7 @@ ATTNKIT_ALWAYS_INLINE inline V exp2_rough(V x) {
   p = p * f + 0.24023718f;
   p = p * f + 0.69312199f;
   p = p * f + 1.0f;
-  const U ki = bit_cast<U>(t) - bit_cast<U>(magic);
-  const V y = p * bit_cast<V>((ki + 127u) << 23);
-  return x < lo ? zero : y;
+  return x < lo ? zero : times_power_of_two(p, t, magic);
 }
 
 // a^b for |b| <= 1 where float precision is enough away from a = 1: the series of pow_near_one
