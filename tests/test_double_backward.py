@@ -64,3 +64,21 @@ def test_sparsemax_hessian_vector_product_is_zero_in_the_scores(backend):
     expected = s * v - s * (s * v).sum() / s.sum()
     torch.testing.assert_close(d_u, expected, atol=1e-12, rtol=0)
     torch.testing.assert_close(d_scores, torch.zeros_like(scores), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["sparsemax", "entmax15", "alpha1.3"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_half_precision_outputs_may_change_in_place_and_refuse_second_derivatives(backend, name):
+    scores = torch.randn(4, 16, generator=torch.Generator().manual_seed(3)).bfloat16()
+    scores.requires_grad_()
+    if (backend, name) != ("torch", "sparsemax"):  # (that one saves its half output)
+        weights = _normalizers(backend)[name](scores)
+        torch.nn.functional.dropout(weights, 0.1, training=True, inplace=True)
+        weights.float().sum().backward()  # the weights the backward needs are kept apart
+        assert scores.grad is not None and torch.isfinite(scores.grad).all()
+    weights = _normalizers(backend)[name](scores)
+    if (backend, name) == ("torch", "sparsemax"):  # its saved output is all it needs
+        torch.autograd.grad(weights.float().sum(), scores, create_graph=True)
+        return
+    with pytest.raises(RuntimeError, match="need float32 or float64 scores"):
+        torch.autograd.grad(weights.float().sum(), scores, create_graph=True)

@@ -145,6 +145,19 @@ def test_key_at_the_threshold_gives_no_nan():
     torch.testing.assert_close(out.double(), reference, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("alpha", [2.0, 1.5])
+def test_wide_supports_where_the_start_bounds_are_tight(alpha):
+    # At alpha = 2 the power-mean and subset bounds equal the threshold when their keys are the
+    # support; rounded float sums must not lift them above it, and the mass of thousands of
+    # weights must be summed in double (found by a review: errors of 2e-5 to 8e-2 before).
+    for n, far in ((3000, 64), (8000, 0)):
+        row = torch.full((1, n + far), -100.0)
+        row[0, 0], row[0, 1:n] = 0.0, -0.9
+        out = alpha_entmax(row, alpha, backend="fused")
+        reference = entmax.entmax_bisect(row.double(), alpha, -1, n_iter=100)
+        torch.testing.assert_close(out.double(), reference, atol=2e-6, rtol=0)
+
+
 @pytest.mark.parametrize("k", [7, 49, 256])
 def test_float32_rows_agree_with_float64_over_alphas_and_spreads(k):
     # Float32 rows take rough passes (low-precision powers) towards the threshold before the

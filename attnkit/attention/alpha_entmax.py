@@ -33,7 +33,12 @@ from attnkit.attention._threshold import (
     solve_rows,
     tiny,
 )
-from attnkit.attention.entmax_vjp import alpha_gradient, recorded_backward
+from attnkit.attention.entmax_vjp import (
+    alpha_gradient,
+    output_for_double_backward,
+    recorded_backward,
+    require_output,
+)
 from attnkit.attention.kernels.functions import FusedAlphaEntmax, use_fused
 from attnkit.attention.kernels.triton_functions import TritonAlphaEntmax, use_triton
 
@@ -174,7 +179,8 @@ class _AlphaEntmaxFunction(torch.autograd.Function):
         alpha_c = alpha.to(shifted.dtype)
         weights, slope = alpha_entmax_threshold(shifted, alpha_c)
         result = weights.to(scores.dtype)
-        ctx.save_for_backward(weights, slope, alpha_c, result, alpha)
+        kept = output_for_double_backward(result, weights)
+        ctx.save_for_backward(weights, slope, alpha_c, kept, alpha)
         ctx.alpha_shape = alpha.shape
         ctx.alpha_dtype = alpha.dtype
         ctx.scores_dtype = scores.dtype
@@ -184,7 +190,9 @@ class _AlphaEntmaxFunction(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         weights, slope, alpha, result, alpha_in = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: a backward that is itself differentiable
-            return recorded_backward(result, grad, alpha_in, ctx.needs_input_grad[1])
+            return recorded_backward(
+                require_output(result), grad, alpha_in, ctx.needs_input_grad[1]
+            )
         grad = grad.to(weights.dtype)  # [..., K]
         grad_in = grad * slope  # [..., K]
         slope_mass = slope.sum(dim=-1, keepdim=True).clamp_min(tiny(weights.dtype))  # [..., 1]

@@ -26,7 +26,11 @@ from attnkit.attention._threshold import (
     solve_rows,
     tiny,
 )
-from attnkit.attention.entmax_vjp import recorded_backward
+from attnkit.attention.entmax_vjp import (
+    output_for_double_backward,
+    recorded_backward,
+    require_output,
+)
 from attnkit.attention.kernels.functions import FusedEntmax15, use_fused
 from attnkit.attention.kernels.triton_functions import TritonEntmax15, use_triton
 
@@ -102,14 +106,14 @@ class _Entmax15Function(torch.autograd.Function):
             result = torch.mul(root, root, out=shifted)
         else:
             result = (root * root).to(scores.dtype)
-        ctx.save_for_backward(root, result)
+        ctx.save_for_backward(root, output_for_double_backward(result, root))
         return result
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         root, result = ctx.saved_tensors  # sqrt of the weights: the diagonal of the Jacobian
         if torch.is_grad_enabled():  # create_graph: a backward that is itself differentiable
-            return recorded_backward(result, grad, 1.5)[0]
+            return recorded_backward(require_output(result), grad, 1.5)[0]
         grad_in = grad.to(root.dtype) * root  # [..., K]
         mass = root.sum(dim=-1, keepdim=True).clamp_min(tiny(root.dtype))  # [..., 1]
         grad_in.addcmul_(root, grad_in.sum(dim=-1, keepdim=True) / mass, value=-1.0)

@@ -18,7 +18,13 @@ import torch
 
 from attnkit.attention._threshold import compute_dtype, tiny
 
-__all__ = ["alpha_gradient", "entmax_vjp", "recorded_backward"]
+__all__ = [
+    "alpha_gradient",
+    "entmax_vjp",
+    "output_for_double_backward",
+    "recorded_backward",
+    "require_output",
+]
 
 
 def _support_power(weights: torch.Tensor, exponent: float | torch.Tensor) -> torch.Tensor:
@@ -56,6 +62,25 @@ def alpha_gradient(
     return (g_p - skewed) / scale**2 - (g_plogp - skewed * entropy_term) / scale
 
 
+def output_for_double_backward(result: torch.Tensor, saved: torch.Tensor) -> torch.Tensor | None:
+    """What a normalizer's forward saves of its output ``result`` for :func:`recorded_backward`:
+    ``result`` when it is in the dtype of the weights the fast backward saves (``saved``; on the
+    fused paths the very same values, so in-place changes of the output were refused anyway),
+    else None: a half-precision output is a rounded copy that later in-place changes (dropout)
+    may still touch; its second derivatives are refused instead (:func:`require_output`)."""
+    return result if result.dtype == saved.dtype else None
+
+
+def require_output(result: torch.Tensor | None) -> torch.Tensor:
+    """``result`` for :func:`recorded_backward`, or a one-line error when it was not saved."""
+    if result is None:
+        raise RuntimeError(
+            "second derivatives of the sparse normalizers need float32 or float64 scores "
+            "(create_graph=True on half-precision scores is not supported)"
+        )
+    return result
+
+
 def recorded_backward(
     weights: torch.Tensor,
     grad: torch.Tensor,
@@ -63,13 +88,14 @@ def recorded_backward(
     want_alpha: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The gradients in the scores (dtype of ``grad``) and, when ``want_alpha``, in the tensor
-    ``alpha`` (summed to its shape and dtype), as recorded operations on ``weights``, the
-    forward's output, and ``alpha``, its input."""
+    ``alpha`` (summed to its shape, dtype and device), as recorded operations on ``weights``,
+    the forward's output, and ``alpha``, its input."""
     dtype = compute_dtype(weights.dtype)
     p, g = weights.to(dtype), grad.to(dtype)  # [..., K]
-    a = alpha.to(dtype) if torch.is_tensor(alpha) else alpha
+    a = alpha.to(device=p.device, dtype=dtype) if torch.is_tensor(alpha) else alpha
     grad_in, skewed = entmax_vjp(p, g, a)
     grad_alpha = None
     if want_alpha:
-        grad_alpha = alpha_gradient(p, g, skewed, a).sum_to_size(alpha.shape).to(alpha.dtype)
+        grad_alpha = alpha_gradient(p, g, skewed, a).sum_to_size(alpha.shape)
+        grad_alpha = grad_alpha.to(device=alpha.device, dtype=alpha.dtype)
     return grad_in.to(grad.dtype), grad_alpha

@@ -4,15 +4,16 @@
 // that p sums to one. tau solves ||(x - tau)_+||_beta = 1, a convex decreasing function of tau,
 // so Newton steps from the left stay left of the root and converge quadratically; a bracket
 // [lo, hi] catches the steps that rounding throws off (they bisect instead).
-//   1. Start: the largest of three lower bounds: -1, the power-mean bound of the row, and the
-//      threshold of its 32 lane maxima (long rows; fewer keys, lower threshold; often close).
-//   2. Passes over the row, each followed by a Newton step:
+//   1. Start: the largest of four lower bounds: -1, the power-mean bound of the row, a bound
+//      from its keys above a level (subset_bound), and the threshold of its 32 lane maxima
+//      (long rows; fewer keys, lower threshold; often close).
+//   2. Passes over the row, each followed by a step on the norm:
 //      * rough passes (float32 rows) compute the powers to ~2e-5 and store nothing: about half
-//        the work of an exact pass. They run while the step they take leaves an error (the
-//        norm's curvature times the step squared) too large for the finish below, and they
+//        the work of an exact pass. Each takes a Halley step (third order); they run while the
+//        error that the step leaves is predicted too large for the finish below, and they
 //        never end a solve. A row starts with one unless its lane maxima's own support is
 //        small (then their threshold is likely close and an exact pass may end the solve);
-//      * exact passes store e = g^(beta - 1) per key, g = (x - tau)_+.
+//      * exact passes store e = g^(beta - 1) per key, g = (x - tau)_+, and take Newton steps.
 //   3. Once the next step d is small (beta |d| <= 1e-3 in float32 rows), the weights at
 //      tau + d follow from e to second order, e (g - beta d + beta (beta - 1) d^2 / 2g) / mass,
 //      with the slope p^(2 - alpha) = p mass^(alpha - 1) / (g - d) for the backward pass.
@@ -31,10 +32,19 @@ using attnkit_fastmath::pow_d;
 using attnkit_fastmath::pow_near_one;
 using attnkit_lanes::lanes_sum;
 
+// How far the mean of n keys of one sign, summed in T over the W lanes of a vector (about n / W
+// additions a lane, then W across), can be off its exact value: a bound lowers by this much
+// to stay a lower bound (at alpha = 2 Jensen's bounds below can equal the threshold).
+template <typename T>
+double mean_slack(double n, double mean) {
+  constexpr int W = attnkit_lanes::Vec<T>::size;
+  return (n / W + W + 3.0) * std::numeric_limits<T>::epsilon() * std::abs(mean);
+}
+
 // A lower bound of the threshold of the padded row buf[0:kp] (shifted by m) from its keys above
 // the level v = 0.4 lo between the power-mean bound lo and 0: tau >= mean_v(x) - n_v^(-scale)
-// (Jensen's inequality on those n_v keys), less 1e-6 for the rounding of the float sums. On
-// peaked rows it is much closer than lo (a rough pass fewer); otherwise it is lo.
+// (Jensen's inequality on those n_v keys), less the rounding of the float sums. On peaked rows
+// it is much closer than lo (a rough pass fewer); otherwise it is lo.
 template <typename T>
 double subset_bound(const T* buf, int64_t kp, T m, double scale, double lo,
                     CountPowers& count_power) {
@@ -49,7 +59,9 @@ double subset_bound(const T* buf, int64_t kp, T m, double scale, double lo,
     count += above ? V{} + T(1) : V{};
   }
   const double n = lanes_sum<T>(count);
-  return n > 0.0 ? std::max(lo, lanes_sum<T>(sum) / n - count_power(n, scale) - 1e-6) : lo;
+  if (!(n > 0.0)) return lo;
+  const double mean = lanes_sum<T>(sum) / n;
+  return std::max(lo, mean - mean_slack<T>(n, mean) - count_power(n, scale));
 }
 
 // The unnormalised weight at tau + d of a key with gap g at tau and power e (see the top); V is
@@ -107,7 +119,8 @@ bool entmax_start(RowSolve<T>& r) {
       count += finite ? zero + T(1) : zero;
     }
     n = lanes_sum<T>(count);
-    return scale * lanes_sum<T>(sum) / n - (*r.powers)(n, scale);
+    const double mean = scale * lanes_sum<T>(sum) / n;
+    return mean - mean_slack<T>(n, mean) - (*r.powers)(n, scale);
   };
   double n_row = 0.0, n_sub = 0.0;  // finite keys (not k: masked keys must not change the path)
   const double lo_row = power_mean(buf, kp, n_row);
@@ -138,6 +151,35 @@ bool entmax_start(RowSolve<T>& r) {
   return true;
 }
 
+// The sum of a row's vectors in double lanes (a float vector's halves widened), for the mass
+// that normalises the weights: a float sum of many keys would be off by up to ~1e-5 relatively
+// on rows of thousands. Adding zeros (keys masked at the end of a row) changes no bit.
+template <typename T>
+struct WideSum;
+
+template <>
+struct WideSum<double> {
+  attnkit_fastmath::vdouble acc = {};
+  ATTNKIT_ALWAYS_INLINE void add(attnkit_fastmath::vdouble v) { acc += v; }
+  double total() const { return (acc[0] + acc[1]) + (acc[2] + acc[3]); }
+};
+
+template <>
+struct WideSum<float> {
+  attnkit_fastmath::vdouble low = {}, high = {};
+  ATTNKIT_ALWAYS_INLINE void add(attnkit_fastmath::vfloat v) {
+    attnkit_fastmath::vfloat4 a, b;
+    std::memcpy(&a, &v, sizeof a);
+    std::memcpy(&b, reinterpret_cast<const char*>(&v) + sizeof a, sizeof b);
+    low += __builtin_convertvector(a, attnkit_fastmath::vdouble);
+    high += __builtin_convertvector(b, attnkit_fastmath::vdouble);
+  }
+  double total() const {
+    const attnkit_fastmath::vdouble s = low + high;
+    return (s[0] + s[1]) + (s[2] + s[3]);
+  }
+};
+
 // Step 3: the weights (and slopes) of r at r.tau + r.d.
 template <typename T>
 void entmax_finish(const RowSolve<T>& r) {
@@ -155,13 +197,13 @@ void entmax_finish(const RowSolve<T>& r) {
   // The unnormalised weights (second order) into e, over the gaps gs of the last pass, and
   // their sum in the layout of the other passes.
   T* const gs = e + kp;
-  V acc = V{};
+  WideSum<T> acc;
   for (int64_t i = 0; i < kp; i += W) {
     const V pu = weight_at<V, T>(load(gs + i), load(e + i), d, beta, half_curv);
     std::memcpy(e + i, &pu, sizeof pu);
-    acc += pu;
+    acc.add(pu);
   }
-  const double mass = std::max(static_cast<double>(lanes_sum<T>(acc)), kTiny);
+  const double mass = std::max(acc.total(), kTiny);
   const double inv_mass = 1.0 / mass, slope_scale = pow_near_one(mass, scale);  // mass^(alpha - 1)
   // Keys near the threshold, where the expansion's third-order term t = third (d / g)^3,
   // relative to p, moves the slope s = p^(2 - alpha) = g^(beta - 1) by (2 - alpha) s t =
@@ -235,7 +277,7 @@ void entmax_row_pair(RowSolve<T> a, RowSolve<T> b) {
   bool run_a = entmax_start(a), run_b = entmax_start(b);
   const bool has_a = run_a, has_b = run_b;
   while (run_a && run_b) {
-    if (a.next_rough && b.next_rough) {
+    if (std::is_same<T, float>::value && a.next_rough && b.next_rough) {
       if constexpr (std::is_same<T, float>::value) {
         RoughAcc acc_a(a.m, a.scale, a.tau, 1.0 / a.scale);
         RoughAcc acc_b(b.m, b.scale, b.tau, 1.0 / b.scale);

@@ -16,6 +16,7 @@ inline double newton_next(double tau, const PowerSums& ps, double scale, double&
   if (ps.mass >= 1.0) {
     lo = std::max(lo, tau);
   } else {
+    if (tau <= lo) lo = -1.0;  // a start above the root (rounding): back to the sure bound
     hi = std::min(hi, tau);
   }
   if (!(ps.mass > 0.0)) return 0.5 * (lo + hi);
@@ -126,9 +127,10 @@ bool wants_rough(const RowSolve<T>& r, double mass, double deriv, double bend, d
 template <typename T>
 bool entmax_advance(RowSolve<T>& r) {
   if (newton_step(r.tau, r.ps, r.scale, r.tol, r.floor, r.lo, r.hi, r.d)) return true;
+  if (++r.steps >= kMaxSteps) return true;  // (the finish takes tau + d from this pass)
   r.next_rough = wants_rough(r, r.ps.mass, r.ps.deriv, r.ps.bend, r.d);
   r.tau += r.d;
-  return ++r.steps >= kMaxSteps;
+  return false;
 }
 
 // Step 2 after a rough pass (r.rs at r.tau): a Halley step on the norm N = mass^(1 / beta)
@@ -143,9 +145,15 @@ void entmax_advance_rough(RowSolve<T>& r) {
   const RoughSums& s = r.rs;
   --r.rough;
   r.next_rough = false;
-  if (!(std::abs(s.mass - 1.0) > kRoughMargin)) return;
+  // The rough mass's error: the powers' (kRoughMargin) and that of tau rounded to float in the
+  // gaps, beta 2^-23 sum g^(beta - 1) at most (|tau| <= 1), which wide supports make large.
+  const double margin = kRoughMargin + 1.2e-7 / r.scale * s.deriv;
+  if (!(std::abs(s.mass - 1.0) > margin)) return;
   if (s.mass > 1.0) r.lo = std::max(r.lo, r.tau);
-  if (s.mass < 1.0) r.hi = std::min(r.hi, r.tau);
+  if (s.mass < 1.0) {
+    if (r.tau <= r.lo) r.lo = -1.0;  // a start above the root (rounding): back to -1
+    r.hi = std::min(r.hi, r.tau);
+  }
   double next = 0.5 * (r.lo + r.hi);
   if (s.mass > 0.0) {
     const double sc = r.scale, beta = 1.0 / sc, inv = 1.0 / s.mass;
@@ -157,7 +165,7 @@ void entmax_advance_rough(RowSolve<T>& r) {
     const double q = pow_float<true>(s.mass, sc);  // N
     const double newton = -(q - 1.0) / (sc * q * std::min(n1, -kTiny));
     const double c2 = n2 / (2.0 * n1), c3 = n3 / (6.0 * n1);
-    const double half_l = -0.5 * newton * c2 * 2.0;  // (N - 1) N'' / 2 N'^2
+    const double half_l = -newton * c2;  // (N - 1) N'' / 2 N'^2
     double step = newton, left = std::abs(c2) * newton * newton;
     if (std::abs(half_l) <= 0.5) {
       step = newton / (1.0 - half_l);

@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import torch
 
-from attnkit.attention.entmax_vjp import recorded_backward
+from attnkit.attention.entmax_vjp import (
+    output_for_double_backward,
+    recorded_backward,
+    require_output,
+)
 from attnkit.attention.kernels._build import fused_ops
 
 __all__ = ["BACKENDS", "FusedAlphaEntmax", "FusedEntmax15", "FusedSparsemax", "use_fused"]
@@ -63,14 +67,14 @@ def _fused_map(op: str, alpha: float, doc: str) -> type[torch.autograd.Function]
         kernel = getattr(fused_ops(), f"{op}_forward")
         out = kernel(_rows(scores, _compute_dtype(scores.dtype)))  # [N, K]
         result = out.view(scores.shape).to(scores.dtype)
-        ctx.save_for_backward(out, result)
+        ctx.save_for_backward(out, output_for_double_backward(result, out))
         ctx.scores_dtype = scores.dtype
         return result
 
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         out, result = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: the kernel's backward is not differentiable
-            return recorded_backward(result, grad, alpha)[0]
+            return recorded_backward(require_output(result), grad, alpha)[0]
         grad_in = getattr(fused_ops(), f"{op}_backward")(out, _rows(grad, out.dtype))
         return grad_in.view(grad.shape).to(ctx.scores_dtype)
 
@@ -95,7 +99,8 @@ class FusedAlphaEntmax(torch.autograd.Function):
         want_slope = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         out, slope = fused_ops().entmax_forward(_rows(scores, dtype), alpha_rows, want_slope)
         result = out.view(scores.shape).to(scores.dtype)
-        ctx.save_for_backward(out, slope, alpha_rows, result, alpha)
+        kept = output_for_double_backward(result, out)
+        ctx.save_for_backward(out, slope, alpha_rows, kept, alpha)
         ctx.scores_dtype, ctx.alpha_dtype = scores.dtype, alpha.dtype
         ctx.alpha_shape, ctx.row_shape = alpha.shape, (*scores.shape[:-1], 1)
         return result
@@ -105,7 +110,7 @@ class FusedAlphaEntmax(torch.autograd.Function):
         out, slope, alpha_rows, result, alpha = ctx.saved_tensors
         want_alpha = ctx.needs_input_grad[1]
         if torch.is_grad_enabled():  # create_graph: the kernel's backward is not differentiable
-            return recorded_backward(result, grad, alpha, want_alpha)
+            return recorded_backward(require_output(result), grad, alpha, want_alpha)
         grad_in, grad_alpha_rows = fused_ops().entmax_backward(
             out, slope, _rows(grad, out.dtype), alpha_rows, want_alpha
         )

@@ -41,8 +41,9 @@ namespace {
 constexpr int kMaxSteps = 100;
 constexpr double kTiny = 1e-300;  // gaps below this count as off the support
 // Alpha-entmax's rough passes (see entmax_rows.h): at most kMaxRough per row; their mass moves
-// the bracket only when it is off 1 by more than kRoughMargin (their error is ~2e-5, 1e-4 at
-// alpha 1.01), and they stop once the predicted next step is below kRoughSwitch / beta.
+// the bracket only when it is off 1 by more than kRoughMargin (the powers' error is ~2e-5,
+// 4e-5 at alpha 1.01) plus the error of tau rounded to float (entmax_steps.h), and they stop
+// once the error left after the step is predicted below kRoughSwitch / beta.
 constexpr int kMaxRough = 4;
 constexpr double kRoughMargin = 1e-3;
 constexpr double kRoughSwitch = 1e-3;

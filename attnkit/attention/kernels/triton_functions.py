@@ -22,7 +22,11 @@ from types import ModuleType
 
 import torch
 
-from attnkit.attention.entmax_vjp import recorded_backward
+from attnkit.attention.entmax_vjp import (
+    output_for_double_backward,
+    recorded_backward,
+    require_output,
+)
 from attnkit.attention.kernels.functions import BACKENDS
 
 __all__ = [
@@ -154,14 +158,14 @@ def _triton_map(op: str, alpha: float, doc: str, extra) -> type[torch.autograd.F
             kernel = getattr(kernels(), f"{op}_forward")
             _launch(kernel, num_rows, num_keys, rows, out, num_rows, num_keys, *extra(num_keys))
         result = out.view(scores.shape).to(scores.dtype)
-        ctx.save_for_backward(out, result)
+        ctx.save_for_backward(out, output_for_double_backward(result, out))
         ctx.scores_dtype = scores.dtype
         return result
 
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         out, result = ctx.saved_tensors  # [N, K] float32, the output
         if torch.is_grad_enabled():  # create_graph: the kernels' backward is not differentiable
-            return recorded_backward(result, grad, alpha)[0]
+            return recorded_backward(require_output(result), grad, alpha)[0]
         num_rows, num_keys = out.shape
         grad_in = torch.empty(out.shape, dtype=ctx.scores_dtype, device=out.device)  # [N, K]
         with _on_device(out):
@@ -209,7 +213,7 @@ class TritonAlphaEntmax(torch.autograd.Function):
                 _ALPHA_TOL,
             )
         result = out.view(scores.shape).to(scores.dtype)
-        ctx.save_for_backward(out, alpha_rows, result, alpha)
+        ctx.save_for_backward(out, alpha_rows, output_for_double_backward(result, out), alpha)
         ctx.scores_dtype, ctx.alpha_dtype, ctx.alpha_device = (
             scores.dtype,
             alpha.dtype,
@@ -224,7 +228,7 @@ class TritonAlphaEntmax(torch.autograd.Function):
         num_rows, num_keys = out.shape
         want_alpha = ctx.needs_input_grad[1]
         if torch.is_grad_enabled():  # create_graph: the kernels' backward is not differentiable
-            return recorded_backward(result, grad, alpha, want_alpha)
+            return recorded_backward(require_output(result), grad, alpha, want_alpha)
         grad_in = torch.empty(out.shape, dtype=ctx.scores_dtype, device=out.device)  # [N, K]
         grad_alpha_rows = torch.empty(num_rows if want_alpha else 1, device=out.device)  # [N]
         with _on_device(out):
